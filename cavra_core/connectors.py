@@ -1,0 +1,175 @@
+"""
+The connectors file: one TOML table per connector id.
+
+```toml
+[audit-webhook]
+type = "webhook"
+url = "https://hooks.example.com/cavra"
+auth_token_env = "CAVRA_AUDIT_WEBHOOK_TOKEN"   # a reference, never the secret
+
+[audit-webhook.retry_policy]                   # this connector's defaults
+max_retry_attempts = 5
+
+[audit-webhook.schedule]                       # when retries may be delivered
+timezone = "Europe/Berlin"
+allowed_hours = ["08:00-20:00"]
+```
+
+``type`` picks the connector plugin, which validates the remaining settings.
+Secrets are refused here outright: a setting that looks like one must be moved
+to an environment variable and named through a ``*_env`` key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cavra_core.calendar import CalendarError, DeliveryCalendar
+from cavra_core.policy import DEFAULT_POLICY, PolicyError
+from cavra_core.types import Connector, ConnectorConfigError, ConnectorType
+
+_CONNECTOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+_SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential|cookie)",
+    re.IGNORECASE,
+)
+_RESERVED = ("type", "retry_policy", "schedule")
+
+
+class ConnectorRegistry:
+    """The configured connectors, each checked by its plugin, by connector id."""
+
+    def __init__(
+        self,
+        connectors: Mapping[str, Connector],
+        types: Mapping[str, ConnectorType],
+        calendars: Mapping[str, DeliveryCalendar | None],
+    ) -> None:
+        self._connectors = dict(connectors)
+        self._types = dict(types)
+        self._calendars = dict(calendars)
+
+    def __contains__(self, connector_id: object) -> bool:
+        return connector_id in self._connectors
+
+    def __iter__(self):
+        return iter(sorted(self._connectors))
+
+    def __len__(self) -> int:
+        return len(self._connectors)
+
+    def get(self, connector_id: str) -> Connector | None:
+        return self._connectors.get(connector_id)
+
+    def type_of(self, connector_id: str) -> ConnectorType:
+        return self._types[self._connectors[connector_id].type]
+
+    def calendar(self, connector_id: str) -> DeliveryCalendar | None:
+        return self._calendars.get(connector_id)
+
+
+def load_connectors_file(path: str | Path | None) -> dict[str, Any]:
+    """Read the connectors file; an absent path means no connectors."""
+    if path is None:
+        return {}
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConnectorConfigError(
+            str(file), "file not found; pass --connectors or set CAVRA_CONNECTORS"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConnectorConfigError(str(file), f"is not valid TOML ({exc})") from exc
+
+
+def build_registry(
+    document: Mapping[str, Any], types: Mapping[str, ConnectorType]
+) -> ConnectorRegistry:
+    """Validate every connector table and build the registry."""
+    connectors: dict[str, Connector] = {}
+    calendars: dict[str, DeliveryCalendar | None] = {}
+    for connector_id, table in document.items():
+        if not _CONNECTOR_ID.match(connector_id):
+            raise ConnectorConfigError(
+                connector_id,
+                "a connector id is 1-100 lower-case letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit",
+            )
+        if not isinstance(table, dict):
+            raise ConnectorConfigError(connector_id, "must be a table")
+        connector, calendar = _build_connector(connector_id, table, types)
+        connectors[connector_id] = connector
+        calendars[connector_id] = calendar
+    return ConnectorRegistry(connectors, types, calendars)
+
+
+def _build_connector(
+    connector_id: str, table: dict[str, Any], types: Mapping[str, ConnectorType]
+) -> tuple[Connector, DeliveryCalendar | None]:
+    type_name = table.get("type")
+    if not isinstance(type_name, str) or not type_name:
+        raise ConnectorConfigError(
+            f"{connector_id}.type", "is required: the connector type, e.g. 'webhook'"
+        )
+    if type_name not in types:
+        known = ", ".join(sorted(types)) or "none installed"
+        raise ConnectorConfigError(
+            f"{connector_id}.type",
+            f"unknown connector type {type_name!r} (known: {known}); "
+            "install the plugin that provides it",
+        )
+
+    settings = {key: value for key, value in table.items() if key not in _RESERVED}
+    _refuse_inline_secrets(connector_id, settings)
+    types[type_name].validate_settings(connector_id, settings)
+
+    retry_policy = table.get("retry_policy", {})
+    if not isinstance(retry_policy, dict):
+        raise ConnectorConfigError(f"{connector_id}.retry_policy", "must be a table")
+    try:
+        DEFAULT_POLICY.merged(retry_policy)
+    except PolicyError as exc:
+        raise ConnectorConfigError(
+            f"{connector_id}.retry_policy.{exc.key}", exc.message
+        ) from exc
+
+    schedule = table.get("schedule", {})
+    if not isinstance(schedule, dict):
+        raise ConnectorConfigError(f"{connector_id}.schedule", "must be a table")
+    try:
+        calendar = DeliveryCalendar.from_settings(schedule)
+    except CalendarError as exc:
+        raise ConnectorConfigError(
+            f"{connector_id}.schedule.{exc.key}", exc.message
+        ) from exc
+
+    canonical = json.dumps(table, sort_keys=True, default=str, separators=(",", ":"))
+    connector = Connector(
+        connector_id=connector_id,
+        type=type_name,
+        settings=settings,
+        retry_policy=retry_policy,
+        schedule=schedule,
+        fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+    return connector, calendar
+
+
+def _refuse_inline_secrets(connector_id: str, settings: Mapping[str, Any]) -> None:
+    for key, value in settings.items():
+        if key.endswith("_env") or not _SECRET_KEY.search(key):
+            continue
+        raise ConnectorConfigError(
+            f"{connector_id}.{key}",
+            "looks like a secret; secrets are never written in the connectors "
+            f"file: put it in an environment variable and set {key}_env to "
+            "that variable's name",
+        )

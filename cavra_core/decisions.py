@@ -1,0 +1,227 @@
+"""
+How one failed lineage becomes one explained decision.
+
+The pipeline asks the plugins, in order: classify the latest failure, decide
+eligibility, compute the schedule window, narrow it. Then the core compares
+the window with the evaluation time. Reasons take precedence in this order
+(the first that applies is the decision's reason):
+
+1. ``plugin_error`` (suppress): a plugin raised; only this lineage is affected.
+2. ``connector_not_configured`` (wait): the connector left the connectors file.
+3. Eligibility from the plugins, by default: ``max_attempts_reached`` or the
+   recorded closing reason for lineages already closed, ``receiver_stop``,
+   ``permanent_failure``, ``max_attempts_reached``, ``max_age_exceeded``
+   (suppress) and ``connector_paused`` (wait).
+4. ``retry_after_beyond_window`` (suppress): the receiver's ``Retry-After``
+   lands after the retry window closes.
+5. ``window_expired`` (suppress): the retry window has closed.
+6. ``outside_delivery_window``, ``retry_after_pending``, ``delay_not_elapsed``
+   (wait): the window has not opened yet, held by the delivery calendar, the
+   receiver's ``Retry-After`` or the backoff delay.
+7. ``retry_due`` (retry): the window holds the evaluation time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cavra_core.plugins import PluginFailure, PluginHost
+from cavra_core.policy import RetryPolicy
+from cavra_core.text import format_duration, format_duration_adjective, format_time
+from cavra_core.types import Connector, LineageFacts, ScheduleWindow
+
+#: Every reason code the core and the default policy can give.
+REASON_CODES = (
+    "plugin_error",
+    "connector_not_configured",
+    "receiver_stop",
+    "permanent_failure",
+    "max_attempts_reached",
+    "max_age_exceeded",
+    "connector_paused",
+    "retry_after_beyond_window",
+    "window_expired",
+    "outside_delivery_window",
+    "retry_after_pending",
+    "delay_not_elapsed",
+    "retry_due",
+)
+
+_WAIT_REASONS = {
+    "delay": "delay_not_elapsed",
+    "retry_after": "retry_after_pending",
+    "delivery_window": "outside_delivery_window",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision for one lineage; the API's ``retry_decisions[]`` entry."""
+
+    lineage_id: str
+    lineage_version: int
+    package_id: str
+    connector_id: str
+    action: str
+    reason: str
+    explanation: str
+    retry_count: int
+    max_retry_attempts: int
+    retry_delay_seconds: int
+    not_before: datetime | None
+    not_after: datetime | None
+    failed_status_codes: tuple[int, ...]
+
+    def as_document(self, decision_id: str) -> dict:
+        return {
+            "decision_id": decision_id,
+            "lineage_id": self.lineage_id,
+            "package_id": self.package_id,
+            "connector_id": self.connector_id,
+            "action": self.action,
+            "reason": self.reason,
+            "explanation": self.explanation,
+            "retry_count": self.retry_count,
+            "max_retry_attempts": self.max_retry_attempts,
+            "retry_delay_seconds": self.retry_delay_seconds,
+            "not_before": _iso(self.not_before),
+            "not_after": _iso(self.not_after),
+            "failed_status_codes": list(self.failed_status_codes),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else format_time_precise(value)
+
+
+def format_time_precise(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds when there are any."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def evaluate(
+    host: PluginHost,
+    lineage: LineageFacts,
+    connector: Connector | None,
+    policy: RetryPolicy,
+    version: int,
+    now: datetime,
+) -> Decision:
+    """Decide what to do with one failed lineage at ``now``."""
+
+    def decision(
+        action: str,
+        reason: str,
+        explanation: str,
+        window: ScheduleWindow | None = None,
+        delay: int = 0,
+    ) -> Decision:
+        return Decision(
+            lineage_id=lineage.lineage_id,
+            lineage_version=version,
+            package_id=lineage.package_id,
+            connector_id=lineage.connector_id,
+            action=action,
+            reason=reason,
+            explanation=explanation,
+            retry_count=lineage.attempt_count,
+            max_retry_attempts=policy.max_retry_attempts,
+            retry_delay_seconds=window.delay_seconds if window else delay,
+            not_before=window.not_before if window else None,
+            not_after=window.not_after if window else None,
+            failed_status_codes=lineage.failed_status_codes,
+        )
+
+    if connector is None:
+        return decision(
+            "wait",
+            "connector_not_configured",
+            f"Connector {lineage.connector_id} is not in the connectors file; "
+            f"the lineage waits with {lineage.attempt_count} of "
+            f"{policy.max_retry_attempts} attempts used until it is configured "
+            "again.",
+        )
+
+    try:
+        classification = host.classify_failure(connector, lineage.latest)
+        eligibility = host.decide_eligibility(
+            connector, lineage, classification, policy, now
+        )
+        if eligibility.action != "retry":
+            return decision(eligibility.action, eligibility.reason, eligibility.explanation)
+        base = host.schedule_retry(connector, lineage, classification, policy, now)
+        return _time_decision(host, connector, lineage, base, eligibility.explanation, now, decision)
+    except PluginFailure as failure:
+        return decision(
+            "suppress",
+            "plugin_error",
+            f"A connector plugin raised {failure.error_type} in {failure.hook}; "
+            "this delivery is held back until the plugin is fixed, and the rest "
+            "of the plan is unaffected.",
+        )
+
+
+def _time_decision(host, connector, lineage, base, lead, now, decision) -> Decision:
+    delay_text = format_duration_adjective(base.delay_seconds)
+    if base.held_by == "retry_after" and base.not_before >= base.not_after:
+        return decision(
+            "suppress",
+            "retry_after_beyond_window",
+            f"{lead} The receiver asked to wait until {format_time(base.not_before)}, "
+            f"after the retry window closes at {format_time(base.not_after)}.",
+            base,
+        )
+    if now >= base.not_after:
+        return decision(
+            "suppress",
+            "window_expired",
+            f"{lead} The retry window closed at {format_time(base.not_after)}, "
+            f"{format_duration(now - base.not_after)} ago.",
+            base,
+        )
+
+    start = max(base.not_before, now)
+    candidate = ScheduleWindow(start, base.not_after, base.delay_seconds, base.held_by)
+    window = host.narrow_window(connector, lineage, candidate)
+    if window.not_before >= window.not_after:
+        return decision(
+            "suppress",
+            "window_expired",
+            f"{lead} No time is left in the retry window once the connector's "
+            "plugins have narrowed it.",
+            window,
+        )
+
+    if window.not_before > now:
+        held_by = "delivery_window" if window.not_before > start else base.held_by
+        reason = _WAIT_REASONS.get(held_by, "delay_not_elapsed")
+        until = format_time(window.not_before)
+        wait = format_duration(window.not_before - now)
+        because = {
+            "delay_not_elapsed": f"the {delay_text} backoff delay runs until {until}",
+            "retry_after_pending": f"the receiver asked to wait until {until}",
+            "outside_delivery_window": f"the connector's delivery calendar is "
+            f"closed until {until}",
+        }[reason]
+        return decision(
+            "wait", reason, f"{lead} Waiting: {because}, {wait} from now.", window
+        )
+
+    due = ScheduleWindow(
+        base.not_before if window.not_before == start else window.not_before,
+        window.not_after,
+        base.delay_seconds,
+        window.held_by,
+    )
+    if base.held_by == "retry_after":
+        opened = f"The receiver's Retry-After ended at {format_time(base.not_before)}"
+    else:
+        opened = f"The {delay_text} backoff delay ended at {format_time(base.not_before)}"
+    return decision(
+        "retry",
+        "retry_due",
+        f"{lead} {opened}; attempt {lineage.attempt_count + 1} may be sent until "
+        f"{format_time(window.not_after)}.",
+        due,
+    )

@@ -1,0 +1,1456 @@
+"""
+The engine: cavra's capabilities as plain Python calls.
+
+Open one with :func:`open_engine` (or :class:`Engine`) on a database URL and a
+connectors file, then deliver packages, record attempts observed elsewhere,
+plan retries, run the worker, and read runs, plans, attempts and the
+dashboard. Every call takes documents shaped like the HTTP API's bodies and
+returns documents shaped like its responses, both checked against
+``schemas/``. Every time-dependent call takes an optional aware ``now``.
+
+Caveat: the models are bound to one module-level database proxy, so one
+process holds one open engine at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import peewee
+
+from cavra_core import store, validation
+from cavra_core.connectors import (
+    ConnectorRegistry,
+    build_registry,
+    load_connectors_file,
+)
+from cavra_core.decisions import Decision, evaluate, format_time_precise
+from cavra_core.errors import (
+    Conflict,
+    FieldProblem,
+    InvalidInput,
+    NotFound,
+    UnprocessableInput,
+)
+from cavra_core.paging import decode_cursor, encode_cursor
+from cavra_core.plugins import PluginHost, build_plugin_manager
+from cavra_core.policy import DEFAULT_POLICY, PolicyError, RetryPolicy
+from cavra_core.store import (
+    Acknowledgement,
+    AuditPackage,
+    DeliveryAttempt,
+    Lineage,
+    RetryDecision,
+    RetryPlan,
+    WorkerRun,
+    from_micros,
+    to_micros,
+)
+from cavra_core.types import AttemptFacts, Delivery, DeliveryResult, LineageFacts
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+#: A lineage claimed for its first delivery but never recorded (a crash) may be
+#: taken over after this long.
+CLAIM_TIMEOUT = timedelta(minutes=10)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_LINEAGE_FIELDS = (
+    Lineage.lineage_id,
+    Lineage.package,
+    Lineage.connector_id,
+    Lineage.connector_type,
+    Lineage.state,
+    Lineage.attempt_count,
+    Lineage.first_attempt_at,
+    Lineage.last_attempt_at,
+    Lineage.package_generated_at,
+    Lineage.last_outcome,
+    Lineage.last_error_class,
+    Lineage.last_http_status,
+    Lineage.last_retry_after_at,
+    Lineage.failed_status_codes,
+    Lineage.config_fingerprint,
+    Lineage.closing_reason,
+    Lineage.version,
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def lineage_id_for(package_id: str, connector_id: str) -> str:
+    """Lineage ids are derived, so one package meets one connector once."""
+    digest = hashlib.sha256(f"{package_id}\n{connector_id}".encode()).hexdigest()
+    return f"lin_{digest[:32]}"
+
+
+def canonical_json(document: Any) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else format_time_precise(value)
+
+
+def parse_retry_after(raw: str | None, received_at: datetime) -> datetime | None:
+    """``Retry-After`` as delta-seconds or an HTTP-date; anything else is ignored."""
+    if not raw:
+        return None
+    text = raw.strip()
+    if text.isdigit():
+        seconds = min(int(text), 10 * 365 * 86400)
+        return received_at + timedelta(seconds=seconds)
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None or parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(UTC)
+
+
+def _aware(now: datetime | None, clock) -> datetime:
+    if now is None:
+        return clock()
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInput(
+            "now has no UTC offset; pass an aware datetime",
+            [FieldProblem("", "must carry a UTC offset", "naive_time", "now")],
+        )
+    return now.astimezone(UTC)
+
+
+class Engine:
+    """
+    One open cavra store with its connectors and plugins.
+
+    :param database_url: ``sqlite:///PATH`` or ``postgresql://...``; default
+        ``CAVRA_DATABASE_URL`` or ``sqlite:///.cavra/cavra.db``.
+    :param connectors: a connectors file path, an already parsed mapping, or
+        ``None`` for ``CAVRA_CONNECTORS`` (no connectors when unset).
+    :param plugins: extra plugin objects, registered before the default policy.
+    :param load_entry_points: load installed plugins of the group ``cavra``.
+    :param apply_migrations: apply pending migrations on open.
+    :param clock: returns the current aware time; for tests.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        connectors: str | Path | Mapping[str, Any] | None = None,
+        *,
+        plugins: tuple[object, ...] | list[object] = (),
+        load_entry_points: bool = True,
+        disabled_plugins: list[str] | None = None,
+        apply_migrations: bool = True,
+        clock=None,
+    ) -> None:
+        self.database_url = (
+            database_url
+            or os.environ.get("CAVRA_DATABASE_URL")
+            or store.DEFAULT_DATABASE_URL
+        )
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.plugin_manager = build_plugin_manager(
+            plugins, load_entry_points=load_entry_points, disabled=disabled_plugins
+        )
+        self.hooks = PluginHost(self.plugin_manager)
+        self.connector_types = self.hooks.connector_types()
+
+        if connectors is None:
+            connectors = os.environ.get("CAVRA_CONNECTORS") or None
+        if isinstance(connectors, Mapping):
+            document = connectors
+        else:
+            document = load_connectors_file(connectors)
+        self.connectors: ConnectorRegistry = build_registry(
+            document, self.connector_types
+        )
+
+        self.database = store.open_database(self.database_url)
+        if apply_migrations:
+            store.migrate(self.database)
+
+    @property
+    def backend(self) -> str:
+        if isinstance(self.database, peewee.PostgresqlDatabase):
+            return "postgresql"
+        return "sqlite"
+
+    def close(self) -> None:
+        if not self.database.is_closed():
+            self.database.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- policies ---------------------------------------------------------------
+
+    def policy_for(self, connector_id: str, overrides: Mapping[str, Any] | None) -> RetryPolicy:
+        """Defaults, then the connector's own defaults, then the request's values."""
+        connector = self.connectors.get(connector_id)
+        policy = DEFAULT_POLICY
+        if connector is not None and connector.retry_policy:
+            policy = policy.merged(connector.retry_policy)
+        if overrides:
+            policy = policy.merged(overrides)
+        return policy
+
+    def _request_policy(self, request: Mapping[str, Any]) -> tuple[RetryPolicy, dict]:
+        overrides = dict(request.get("retry_policy") or {})
+        try:
+            policy = DEFAULT_POLICY.merged(overrides)
+            for connector_id in self.connectors:
+                self.policy_for(connector_id, overrides)
+        except PolicyError as exc:
+            raise InvalidInput(
+                f"retry_policy.{exc.key} {exc.message}",
+                [FieldProblem(f"/retry_policy/{exc.key}", exc.message, "policy")],
+            ) from exc
+        return policy, overrides
+
+    # -- packages and deliveries ------------------------------------------------
+
+    def deliver_package(
+        self, request: Mapping[str, Any], *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """
+        Deliver one package to configured connectors now (``POST ...``).
+
+        A lineage that already has an attempt is not delivered again here: its
+        retries go through the retry plan and the worker.
+        """
+        validation.check("delivery_request", request)
+        now = _aware(now, self.clock)
+        connector_ids = list(request["connectors"])
+        self._require_connectors(connector_ids, "/connectors")
+        package = request["package"]
+        package_id = self._store_packages([package], now)[0]
+        source = request.get("source", "api")
+
+        deliveries = []
+        for connector_id in connector_ids:
+            deliveries.append(self._deliver_first(package_id, package, connector_id, source))
+        report = {
+            "package_id": package_id,
+            "drill_id": package["drill_id"],
+            "generated_by": request["generated_by"],
+            "deliveries": deliveries,
+        }
+        validation.check_output("delivery_report", report)
+        return report
+
+    def _require_connectors(self, connector_ids: list[str], base: str) -> None:
+        problems = [
+            FieldProblem(
+                f"{base}/{index}",
+                "is not a configured connector; add it to the connectors file "
+                "or use one of: " + (", ".join(self.connectors) or "none configured"),
+                "unknown_connector",
+            )
+            for index, connector_id in enumerate(connector_ids)
+            if connector_id not in self.connectors
+        ]
+        if problems:
+            raise UnprocessableInput("Unknown connector id.", problems)
+
+    def _store_packages(self, packages: list[Mapping[str, Any]], now: datetime) -> list[str]:
+        """Store packages by content hash; a package already stored is kept as is."""
+        ids = []
+        with self.database.atomic():
+            for package in packages:
+                package_id = package_hash(package)
+                ids.append(package_id)
+                created = (
+                    AuditPackage.insert(
+                        package_id=package_id,
+                        drill_id=package["drill_id"],
+                        generated_at=validation.parse_time(package["generated_at"]),
+                        generated_by=package["generated_by"],
+                        received_at=now,
+                    )
+                    .on_conflict_ignore()
+                    .as_rowcount()
+                    .execute()
+                )
+                if created:
+                    Acknowledgement.insert_many(
+                        [
+                            {
+                                "package": package_id,
+                                "position": position,
+                                "notification_id": ack["notification_id"],
+                                "role": ack["role"],
+                                "state": ack["state"],
+                                "acknowledged_at": validation.parse_time(
+                                    ack["acknowledged_at"]
+                                ),
+                            }
+                            for position, ack in enumerate(package["acknowledgements"])
+                        ]
+                    ).execute()
+        return ids
+
+    def load_package(self, package_id: str) -> dict[str, Any]:
+        """The canonical package document, as hashed and as delivered."""
+        row = AuditPackage.get_or_none(AuditPackage.package_id == package_id)
+        if row is None:
+            raise NotFound(f"No package {package_id}.")
+        acknowledgements = (
+            Acknowledgement.select()
+            .where(Acknowledgement.package == package_id)
+            .order_by(Acknowledgement.position)
+        )
+        return {
+            "drill_id": row.drill_id,
+            "generated_at": iso(row.generated_at),
+            "generated_by": row.generated_by,
+            "acknowledgements": [
+                {
+                    "notification_id": ack.notification_id,
+                    "role": ack.role,
+                    "state": ack.state,
+                    "acknowledged_at": iso(ack.acknowledged_at),
+                }
+                for ack in acknowledgements
+            ],
+        }
+
+    def _claim_first_attempt(self, package_id: str, connector_id: str) -> tuple[str, str | None]:
+        """
+        Claim the lineage's first delivery, or say why it is not ours to make.
+
+        The claim is a row insert (or a takeover of a stale claim) guarded by
+        the database, so two concurrent requests never both deliver.
+        """
+        lineage_id = lineage_id_for(package_id, connector_id)
+        connector = self.connectors.get(connector_id)
+        now = self.clock()
+        package = AuditPackage.get_by_id(package_id)
+        with self.database.atomic():
+            inserted = (
+                Lineage.insert(
+                    lineage_id=lineage_id,
+                    package=package_id,
+                    connector_id=connector_id,
+                    connector_type=connector.type,
+                    state="pending",
+                    package_generated_at=package.generated_at,
+                    config_fingerprint=connector.fingerprint,
+                    claimed_at=now,
+                )
+                .on_conflict_ignore()
+                .as_rowcount()
+                .execute()
+            )
+            if inserted:
+                store.bump_counters({"lineage:pending:": 1})
+                return lineage_id, None
+            row = Lineage.get_by_id(lineage_id)
+            if row.state == "recovered":
+                return lineage_id, "already_recovered"
+            if row.attempt_count > 0:
+                return lineage_id, "lineage_exists"
+            stale = to_micros(now - CLAIM_TIMEOUT)
+            taken = (
+                Lineage.update(claimed_at=now, version=Lineage.version + 1)
+                .where(
+                    (Lineage.lineage_id == lineage_id)
+                    & (Lineage.version == row.version)
+                    & (Lineage.attempt_count == 0)
+                    & (Lineage.claimed_at < stale)
+                )
+                .execute()
+            )
+            return lineage_id, None if taken else "lineage_exists"
+
+    def _deliver_first(
+        self, package_id: str, package: Mapping[str, Any], connector_id: str, source: str
+    ) -> dict[str, Any]:
+        lineage_id, skipped = self._claim_first_attempt(package_id, connector_id)
+        if skipped:
+            return {
+                "connector_id": connector_id,
+                "lineage_id": lineage_id,
+                "attempt_id": None,
+                "attempt_number": None,
+                "outcome": "skipped",
+                "http_status": None,
+                "error_class": None,
+                "skipped_reason": skipped,
+            }
+        attempt = self.deliver_attempt(
+            lineage_id, 1, source=source, package=self.load_package(package_id)
+        )
+        return {
+            "connector_id": connector_id,
+            "lineage_id": lineage_id,
+            "attempt_id": attempt["attempt_id"],
+            "attempt_number": attempt["attempt_number"],
+            "outcome": attempt["outcome"],
+            "http_status": attempt["http_status"],
+            "error_class": attempt["error_class"],
+            "skipped_reason": None,
+        }
+
+    def deliver_attempt(
+        self,
+        lineage_id: str,
+        attempt_number: int,
+        *,
+        source: str,
+        package: Mapping[str, Any] | None = None,
+        worker_run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one attempt of a lineage through its connector and record it."""
+        row = Lineage.get_by_id(lineage_id)
+        connector = self.connectors.get(row.connector_id)
+        connector_type = self.connectors.type_of(row.connector_id)
+        if package is None:
+            package = self.load_package(row.package_id)
+        delivery = Delivery(
+            package_id=row.package_id,
+            package=dict(package),
+            lineage_id=lineage_id,
+            attempt_number=attempt_number,
+            event_id=lineage_id,
+        )
+
+        started_at = self.clock()
+        started = time.perf_counter()
+        try:
+            result = connector_type.deliver(connector, delivery)
+        except Exception as exc:  # a connector must report, never raise
+            log.warning(
+                "connector raised connector_id=%s lineage_id=%s error=%s",
+                row.connector_id,
+                lineage_id,
+                type(exc).__name__,
+            )
+            result = DeliveryResult(outcome="failed", error_class="connector_error")
+        elapsed = time.perf_counter() - started
+        finished_at = started_at + timedelta(seconds=elapsed)
+
+        attempt = {
+            "package_id": row.package_id,
+            "connector_id": row.connector_id,
+            "outcome": result.outcome,
+            "error_class": result.error_class,
+            "http_status": result.http_status,
+            "retry_after": _clean_retry_after(result.retry_after),
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "attempt_number": attempt_number,
+        }
+        with self.database.atomic():
+            recorded = self._record_attempt(attempt, source, worker_run_id, pointer="")
+        log.info(
+            "delivery attempt recorded lineage_id=%s attempt=%d outcome=%s status=%s",
+            lineage_id,
+            attempt_number,
+            result.outcome,
+            result.http_status,
+        )
+        return recorded
+
+    # -- recording attempts -----------------------------------------------------
+
+    def record_attempts(
+        self, request: Mapping[str, Any], *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """
+        Record attempts observed elsewhere (``POST .../attempts``): all or nothing.
+
+        Packages an attempt refers to must be stored already or come in the
+        same request under ``packages``.
+        """
+        validation.check("attempt_import_request", request)
+        now = _aware(now, self.clock)
+        attempts = request["attempts"]
+        self._check_import_connectors(attempts)
+
+        recorded = []
+        with self.database.atomic():
+            self._store_packages(request.get("packages") or [], now)
+            known = {
+                row.package_id
+                for row in AuditPackage.select(AuditPackage.package_id).where(
+                    AuditPackage.package_id.in_(list({a["package_id"] for a in attempts}))
+                )
+            }
+            for index, item in enumerate(attempts):
+                if item["package_id"] not in known:
+                    raise UnprocessableInput(
+                        "An attempt refers to a package cavra has not stored.",
+                        [
+                            FieldProblem(
+                                f"/attempts/{index}/package_id",
+                                "names no stored package; send the package under "
+                                "packages in the same request",
+                                "unknown_package",
+                            )
+                        ],
+                    )
+                attempt = dict(item)
+                attempt["started_at"] = validation.parse_time(item["started_at"])
+                attempt["finished_at"] = validation.parse_time(item["finished_at"])
+                recorded.append(
+                    self._record_attempt(
+                        attempt, "import", None, pointer=f"/attempts/{index}"
+                    )
+                )
+        result = {"recorded_count": len(recorded), "attempts": recorded}
+        validation.check_output("attempt_import_result", result)
+        log.info("attempts imported count=%d", len(recorded))
+        return result
+
+    def _check_import_connectors(self, attempts: list[Mapping[str, Any]]) -> None:
+        problems = []
+        for index, item in enumerate(attempts):
+            connector = self.connectors.get(item["connector_id"])
+            if connector is None:
+                problems.append(
+                    FieldProblem(
+                        f"/attempts/{index}/connector_id",
+                        "is not a configured connector; add it to the connectors "
+                        "file first",
+                        "unknown_connector",
+                    )
+                )
+            elif item.get("connector_type") not in (None, connector.type):
+                problems.append(
+                    FieldProblem(
+                        f"/attempts/{index}/connector_type",
+                        f"does not match the configured type {connector.type!r}",
+                        "connector_type_mismatch",
+                    )
+                )
+            if item["finished_at"] and item["started_at"]:
+                start = validation.parse_time(item["started_at"])
+                end = validation.parse_time(item["finished_at"])
+                if end < start:
+                    problems.append(
+                        FieldProblem(
+                            f"/attempts/{index}/finished_at",
+                            "is before started_at",
+                            "time_order",
+                        )
+                    )
+            if item["outcome"] == "delivered" and (
+                item.get("error_class") or (item.get("http_status") or 200) >= 300
+            ):
+                problems.append(
+                    FieldProblem(
+                        f"/attempts/{index}/outcome",
+                        "is delivered, but error_class or a non-2xx http_status "
+                        "says it failed",
+                        "outcome_mismatch",
+                    )
+                )
+        if problems:
+            raise UnprocessableInput("Some attempts cannot be recorded.", problems)
+
+    def _record_attempt(
+        self,
+        attempt: Mapping[str, Any],
+        source: str,
+        worker_run_id: str | None,
+        *,
+        pointer: str,
+    ) -> dict[str, Any]:
+        """
+        Append one attempt to its lineage and move the lineage on.
+
+        Runs inside the caller's transaction. The lineage row is updated with a
+        compare-and-set on its version, so concurrent writers cannot both
+        append attempt N.
+        """
+        package_id = attempt["package_id"]
+        connector_id = attempt["connector_id"]
+        connector = self.connectors.get(connector_id)
+        lineage_id = lineage_id_for(package_id, connector_id)
+        started_at: datetime = attempt["started_at"]
+        finished_at: datetime = attempt["finished_at"]
+
+        row = Lineage.get_or_none(Lineage.lineage_id == lineage_id)
+        if row is None:
+            package = AuditPackage.get_by_id(package_id)
+            Lineage.insert(
+                lineage_id=lineage_id,
+                package=package_id,
+                connector_id=connector_id,
+                connector_type=connector.type,
+                state="pending",
+                package_generated_at=package.generated_at,
+                config_fingerprint=connector.fingerprint,
+                claimed_at=finished_at,
+            ).execute()
+            store.bump_counters({"lineage:pending:": 1})
+            row = Lineage.get_by_id(lineage_id)
+
+        if row.state == "recovered":
+            raise Conflict(
+                "The lineage is already recovered; a recovered lineage takes no "
+                "further attempts.",
+                [FieldProblem(pointer, "belongs to a recovered lineage", "recovered")],
+            )
+        number = row.attempt_count + 1
+        wanted = attempt.get("attempt_number")
+        if wanted is not None and wanted != number:
+            raise UnprocessableInput(
+                f"The lineage's next attempt is number {number}.",
+                [
+                    FieldProblem(
+                        f"{pointer}/attempt_number",
+                        f"must be {number}, the lineage's next attempt number "
+                        "(or leave it out)",
+                        "attempt_number",
+                    )
+                ],
+            )
+        if row.last_attempt_at is not None and finished_at < row.last_attempt_at:
+            raise UnprocessableInput(
+                "Attempts must be recorded in the order they happened.",
+                [
+                    FieldProblem(
+                        f"{pointer}/finished_at",
+                        "is before the lineage's latest recorded attempt",
+                        "time_order",
+                    )
+                ],
+            )
+
+        raw_retry_after = attempt.get("retry_after")
+        retry_after_at = parse_retry_after(raw_retry_after, finished_at)
+        failed = attempt["outcome"] != "delivered"
+        codes = list(row.failed_status_codes or [])
+        if failed and attempt.get("http_status") is not None:
+            codes.append(attempt["http_status"])
+
+        attempt_id = new_id("att")
+        DeliveryAttempt.insert(
+            attempt_id=attempt_id,
+            lineage=lineage_id,
+            attempt_number=number,
+            package_id=package_id,
+            connector_id=connector_id,
+            connector_type=connector.type,
+            outcome=attempt["outcome"],
+            error_class=attempt.get("error_class"),
+            http_status=attempt.get("http_status"),
+            retry_after_raw=raw_retry_after,
+            retry_after_at=retry_after_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_ms=max(0, int((finished_at - started_at).total_seconds() * 1000)),
+            source=source,
+            worker_run_id=worker_run_id,
+        ).execute()
+
+        changes: dict[str, Any] = {
+            "attempt_count": number,
+            "first_attempt_at": row.first_attempt_at or started_at,
+            "last_attempt_at": finished_at,
+            "last_outcome": attempt["outcome"],
+            "last_error_class": attempt.get("error_class"),
+            "last_http_status": attempt.get("http_status"),
+            "last_retry_after_at": retry_after_at,
+            "failed_status_codes": codes,
+            "config_fingerprint": connector.fingerprint,
+            "version": row.version + 1,
+        }
+        if failed:
+            facts = self._facts_from_row(row, changes)
+            decision = evaluate(
+                self.hooks,
+                facts,
+                connector,
+                self.policy_for(connector_id, None),
+                row.version + 1,
+                finished_at,
+            )
+            changes.update(assessment_of(decision, row.state))
+            changes["latest_failed"] = True
+        else:
+            changes.update(
+                state="recovered",
+                latest_failed=False,
+                assessment=None,
+                eligible_from=None,
+                eligible_until=None,
+                closing_reason=None,
+            )
+
+        updated = (
+            Lineage.update(**changes)
+            .where((Lineage.lineage_id == lineage_id) & (Lineage.version == row.version))
+            .execute()
+        )
+        if updated != 1:
+            raise Conflict(
+                "The lineage changed while this attempt was being recorded; send "
+                "the request again.",
+                [FieldProblem(pointer, "lost a race with another writer", "race")],
+            )
+        store.bump_counters(
+            {
+                f"lineage:{row.state}:{row.assessment or ''}": -1,
+                f"lineage:{changes['state']}:{changes.get('assessment') or ''}": 1,
+            }
+        )
+
+        return {
+            "attempt_id": attempt_id,
+            "lineage_id": lineage_id,
+            "attempt_number": number,
+            "package_id": package_id,
+            "connector_id": connector_id,
+            "connector_type": connector.type,
+            "outcome": attempt["outcome"],
+            "error_class": attempt.get("error_class"),
+            "http_status": attempt.get("http_status"),
+            "retry_after": raw_retry_after,
+            "retry_after_at": iso(retry_after_at),
+            "started_at": iso(started_at),
+            "finished_at": iso(finished_at),
+            "duration_ms": max(0, int((finished_at - started_at).total_seconds() * 1000)),
+            "source": source,
+            "worker_run_id": worker_run_id,
+            "lineage_state": changes["state"],
+        }
+
+    def _facts_from_row(self, row: Lineage, changes: Mapping[str, Any]) -> LineageFacts:
+        values = {field.name: getattr(row, field.name) for field in _LINEAGE_FIELDS}
+        values["package"] = row.package_id
+        values.update(changes)
+        return _facts(values)
+
+    # -- evaluation -------------------------------------------------------------
+
+    def iter_failed_lineages(self) -> Iterator[tuple[LineageFacts, int]]:
+        """Every lineage whose latest attempt failed, by lineage id, in batches."""
+        after = ""
+        while True:
+            rows = list(
+                Lineage.select(*_LINEAGE_FIELDS)
+                .where((Lineage.latest_failed == True) & (Lineage.lineage_id > after))  # noqa: E712
+                .order_by(Lineage.latest_failed, Lineage.lineage_id)
+                .limit(BATCH_SIZE)
+                .dicts()
+            )
+            if not rows:
+                return
+            for values in rows:
+                yield _facts(values), values["version"]
+            after = rows[-1]["lineage_id"]
+
+    def iter_decisions(
+        self, overrides: Mapping[str, Any] | None, now: datetime
+    ) -> Iterator[Decision]:
+        policies: dict[str, RetryPolicy] = {}
+        for facts, version in self.iter_failed_lineages():
+            policy = policies.get(facts.connector_id)
+            if policy is None:
+                policy = policies[facts.connector_id] = self.policy_for(
+                    facts.connector_id, overrides
+                )
+            yield evaluate(
+                self.hooks,
+                facts,
+                self.connectors.get(facts.connector_id),
+                policy,
+                version,
+                now,
+            )
+
+    # -- retry plans ------------------------------------------------------------
+
+    def plan_retries(
+        self, request: Mapping[str, Any], *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """
+        Make and store a retry plan over every failed lineage (``POST .../retry-plan``).
+
+        Returns the plan's summary; its decisions are read with
+        :meth:`iter_plan_decisions`, so memory stays bounded by the batch size
+        however many lineages there are.
+        """
+        validation.check("retry_plan_request", request)
+        now = _aware(now, self.clock)
+        policy, overrides = self._request_policy(request)
+        plan_id = new_id("rp")
+        hasher = hashlib.sha256(canonical_json(policy.as_document()).encode())
+        counts = {"retry": 0, "wait": 0, "suppress": 0}
+
+        with self.database.atomic():
+            RetryPlan.insert(
+                retry_plan_id=plan_id,
+                plan_hash="",
+                generated_at=now,
+                generated_by=request["generated_by"],
+                policy=policy.as_document(),
+                decision_count=0,
+                retryable_count=0,
+                waiting_count=0,
+                suppressed_count=0,
+                alert_level="healthy",
+            ).execute()
+            batch: list[tuple] = []
+            position = 0
+            for decision in self.iter_decisions(overrides, now):
+                counts[decision.action] += 1
+                hasher.update(b"\n")
+                hasher.update(canonical_json(decision.as_document("")).encode())
+                batch.append(_decision_row(decision, plan_id, position))
+                position += 1
+                if len(batch) >= BATCH_SIZE:
+                    _insert_decisions(batch)
+                    batch = []
+            if batch:
+                _insert_decisions(batch)
+            plan_hash = hasher.hexdigest()
+            RetryPlan.update(
+                plan_hash=plan_hash,
+                decision_count=position,
+                retryable_count=counts["retry"],
+                waiting_count=counts["wait"],
+                suppressed_count=counts["suppress"],
+                alert_level=alert_level(counts["retry"], counts["wait"]),
+            ).where(RetryPlan.retry_plan_id == plan_id).execute()
+
+        log.info(
+            "retry plan made retry_plan_id=%s decisions=%d retry=%d wait=%d suppress=%d",
+            plan_id,
+            position,
+            counts["retry"],
+            counts["wait"],
+            counts["suppress"],
+        )
+        return self.get_plan(plan_id, with_decisions=False)
+
+    def get_plan(self, retry_plan_id: str, *, with_decisions: bool = True) -> dict[str, Any]:
+        row = RetryPlan.get_or_none(RetryPlan.retry_plan_id == retry_plan_id)
+        if row is None:
+            raise NotFound(f"No retry plan {retry_plan_id}.")
+        document = _plan_summary(row)
+        if with_decisions:
+            document["retry_decisions"] = list(self.iter_plan_decisions(retry_plan_id))
+            validation.check_output("retry_plan", document)
+        else:
+            validation.check_output("retry_plan_summary", document)
+        return document
+
+    def iter_plan_decisions(self, retry_plan_id: str) -> Iterator[dict[str, Any]]:
+        position = -1
+        while True:
+            rows = list(
+                RetryDecision.select()
+                .where(
+                    (RetryDecision.plan == retry_plan_id)
+                    & (RetryDecision.position > position)
+                )
+                .order_by(RetryDecision.position)
+                .limit(BATCH_SIZE)
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield _decision_document(row)
+            position = rows[-1].position
+
+    def list_plans(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        query = RetryPlan.select()
+        if cursor:
+            micros, row_id = decode_cursor(cursor)
+            query = query.where(
+                (RetryPlan.generated_at < micros)
+                | ((RetryPlan.generated_at == micros) & (RetryPlan.retry_plan_id < row_id))
+            )
+        rows = list(
+            query.order_by(RetryPlan.generated_at.desc(), RetryPlan.retry_plan_id.desc())
+            .limit(limit + 1)
+        )
+        items = [_plan_summary(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(to_micros(last.generated_at), last.retry_plan_id)
+        page = {"items": items, "next_cursor": next_cursor}
+        validation.check_output("retry_plan_page", page)
+        return page
+
+    # -- the worker -------------------------------------------------------------
+
+    def run_worker(
+        self, request: Mapping[str, Any], *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """
+        Run the retry worker once (``POST .../worker-run``).
+
+        The run evaluates every failed lineage afresh and selects ``retry``
+        decisions whose window holds ``now``, oldest first. A dry run (the
+        default) changes nothing but its own run record. A live run delivers
+        only approved decisions.
+        """
+        validation.check("worker_run_request", request)
+        started_at = _aware(now, self.clock)
+        started = time.perf_counter()
+        policy, overrides = self._request_policy(request)
+        dry_run = request.get("dry_run", not request.get("execute", False))
+        limit = request.get("max_retry_deliveries", 5)
+        schedule = dict(request.get("schedule") or {})
+        interval = schedule.get("interval_minutes", 60)
+        enabled = schedule.get("enabled", True)
+        cadence = schedule.get("cadence") or f"every {interval} minutes"
+        if not enabled:
+            raise Conflict(
+                "The worker schedule is disabled (schedule.enabled is false); "
+                "enable it to run the worker.",
+                [FieldProblem("/schedule/enabled", "is false", "schedule_disabled")],
+            )
+        window_start, window_end = aligned_window(started_at, interval)
+
+        counts = {"retry": 0, "wait": 0, "suppress": 0}
+        oldest: list[tuple[int, str, Decision]] = []
+        for decision in self.iter_decisions(overrides, started_at):
+            counts[decision.action] += 1
+            if decision.action != "retry":
+                continue
+            key = (-to_micros(decision.not_before), decision.lineage_id)
+            entry = (key[0], _invert(decision.lineage_id), decision)
+            if len(oldest) < limit:
+                heapq.heappush(oldest, entry)
+            elif entry > oldest[0]:
+                heapq.heapreplace(oldest, entry)
+        candidates = [entry[2] for entry in sorted(oldest, reverse=True)]
+
+        notes: list[str] = []
+        run_id = new_id("wr")
+        if dry_run:
+            selected = [_selected(d, "would_deliver") for d in candidates]
+            skipped = counts["retry"] - len(selected)
+            notes.append(
+                "Dry run: nothing was delivered and no lineage changed; "
+                f"{len(selected)} of {counts['retry']} due retries would be sent."
+            )
+        else:
+            selected = []
+            skipped = counts["retry"]
+            notes.append(
+                "Live run: only approved decisions are re-delivered, and no "
+                f"approval exists yet, so none of {counts['retry']} due retries "
+                "was selected."
+            )
+        if skipped and dry_run:
+            notes.append(
+                f"{skipped} due retries were left for later runs by "
+                f"max_retry_deliveries={limit}."
+            )
+
+        finished_at = started_at + timedelta(seconds=time.perf_counter() - started)
+        record = {
+            "run_id": run_id,
+            "dry_run": dry_run,
+            "trigger": request.get("trigger", "manual"),
+            "interval_minutes": interval,
+            "window_start": window_start,
+            "window_end": window_end,
+            "cadence": cadence,
+            "enabled": enabled,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "generated_by": request["generated_by"],
+            "policy": policy.as_document(),
+            "retryable_count": counts["retry"],
+            "waiting_count": counts["wait"],
+            "suppressed_count": counts["suppress"],
+            "selected_retry_count": len(selected),
+            "executed_count": 0,
+            "skipped_count": skipped,
+            "notes": notes,
+            "selected_retries": selected,
+        }
+        document = _run_document_from(record)
+        validation.check_output("worker_run", document)
+        with self.database.atomic():
+            WorkerRun.insert(**record).execute()
+            store.bump_counters(
+                {
+                    "worker_runs": 1,
+                    "worker_dry_runs": 1 if dry_run else 0,
+                    "worker_live_runs": 0 if dry_run else 1,
+                    "selected_retries": len(selected),
+                }
+            )
+        log.info(
+            "worker run finished run_id=%s dry_run=%s selected=%d retryable=%d",
+            run_id,
+            dry_run,
+            len(selected),
+            counts["retry"],
+        )
+        return document
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        row = WorkerRun.get_or_none(WorkerRun.run_id == run_id)
+        if row is None:
+            raise NotFound(f"No worker run {run_id}.")
+        return _run_document(row)
+
+    def list_runs(
+        self,
+        *,
+        dry_run: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        query = WorkerRun.select()
+        if dry_run is not None:
+            query = query.where(WorkerRun.dry_run == dry_run)
+        if since is not None:
+            query = query.where(WorkerRun.started_at >= since)
+        if until is not None:
+            query = query.where(WorkerRun.started_at < until)
+        if cursor:
+            micros, row_id = decode_cursor(cursor)
+            query = query.where(
+                (WorkerRun.started_at < micros)
+                | ((WorkerRun.started_at == micros) & (WorkerRun.run_id < row_id))
+            )
+        rows = list(
+            query.order_by(WorkerRun.started_at.desc(), WorkerRun.run_id.desc()).limit(
+                limit + 1
+            )
+        )
+        items = [_run_document(row, check=False) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(to_micros(last.started_at), last.run_id)
+        page = {"items": items, "next_cursor": next_cursor}
+        validation.check_output("worker_run_page", page)
+        return page
+
+    # -- attempts ---------------------------------------------------------------
+
+    def list_attempts(
+        self,
+        *,
+        connector_id: str | None = None,
+        outcome: str | None = None,
+        lineage_state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        query = DeliveryAttempt.select(
+            DeliveryAttempt, Lineage.state.alias("lineage_state")
+        ).join(Lineage)
+        if connector_id is not None:
+            query = query.where(DeliveryAttempt.connector_id == connector_id)
+        if outcome is not None:
+            query = query.where(DeliveryAttempt.outcome == outcome)
+        if lineage_state is not None:
+            query = query.where(Lineage.state == lineage_state)
+        if since is not None:
+            query = query.where(DeliveryAttempt.started_at >= since)
+        if until is not None:
+            query = query.where(DeliveryAttempt.started_at < until)
+        if cursor:
+            micros, row_id = decode_cursor(cursor)
+            query = query.where(
+                (DeliveryAttempt.started_at < micros)
+                | (
+                    (DeliveryAttempt.started_at == micros)
+                    & (DeliveryAttempt.attempt_id < row_id)
+                )
+            )
+        rows = list(
+            query.order_by(
+                DeliveryAttempt.started_at.desc(), DeliveryAttempt.attempt_id.desc()
+            )
+            .limit(limit + 1)
+            .objects()
+        )
+        items = [_attempt_document(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(to_micros(last.started_at), last.attempt_id)
+        page = {"items": items, "next_cursor": next_cursor}
+        validation.check_output("attempt_page", page)
+        return page
+
+    # -- dashboard --------------------------------------------------------------
+
+    def dashboard(self, *, now: datetime | None = None) -> dict[str, Any]:
+        """
+        The worker dashboard, from running counters and index range counts.
+
+        ``retryable_count``, ``waiting_count`` and ``suppressed_count`` count
+        lineages now, under each connector's configured policy, as assessed
+        when their latest attempt was recorded.
+        """
+        now = _aware(now, self.clock)
+        micros = to_micros(now)
+        counters = store.read_counters(
+            "worker_runs",
+            "worker_dry_runs",
+            "worker_live_runs",
+            "selected_retries",
+            "lineage:failed:retryable",
+            "lineage:failed:paused",
+            "lineage:failed:suppressed",
+            "lineage:suppressed:suppressed",
+            "lineage:exhausted:suppressed",
+        )
+        retryable_base = (Lineage.state == "failed") & (Lineage.assessment == "retryable")
+        open_now = (
+            Lineage.select()
+            .where(retryable_base & (Lineage.eligible_until > micros))
+            .where(Lineage.eligible_from <= micros)
+            .count()
+        )
+        not_yet = (
+            Lineage.select()
+            .where(retryable_base & (Lineage.eligible_from > micros))
+            .count()
+        )
+        expired = counters["lineage:failed:retryable"] - open_now - not_yet
+        waiting = not_yet + counters["lineage:failed:paused"]
+        suppressed = (
+            counters["lineage:suppressed:suppressed"]
+            + counters["lineage:exhausted:suppressed"]
+            + counters["lineage:failed:suppressed"]
+            + max(expired, 0)
+        )
+        latest = (
+            WorkerRun.select()
+            .order_by(WorkerRun.started_at.desc(), WorkerRun.run_id.desc())
+            .limit(10)
+        )
+        document = {
+            "generated_at": iso(now),
+            "run_count": counters["worker_runs"],
+            "dry_run_count": counters["worker_dry_runs"],
+            "executed_count": counters["worker_live_runs"],
+            "retryable_count": open_now,
+            "selected_retry_count": counters["selected_retries"],
+            "waiting_count": waiting,
+            "suppressed_count": suppressed,
+            "alert_level": alert_level(open_now, waiting),
+            "latest_runs": [_run_document(row, check=False) for row in latest],
+        }
+        validation.check_output("dashboard", document)
+        return document
+
+    def health(self) -> dict[str, Any]:
+        self.database.execute_sql("SELECT 1")
+        from cavra_core import __version__
+
+        return {
+            "status": "ok",
+            "version": __version__,
+            "database": self.backend,
+            "connector_count": len(self.connectors),
+        }
+
+
+def open_engine(
+    database_url: str | None = None,
+    connectors: str | Path | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Engine:
+    """Open an engine; see :class:`Engine` for the options."""
+    return Engine(database_url, connectors, **options)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def package_hash(package: Mapping[str, Any]) -> str:
+    """
+    The package id: sha256 of the canonical package document.
+
+    Canonical means sorted keys, no insignificant white space, and every time
+    normalised to UTC, so the same evidence always gets the same id.
+    """
+    normal = {
+        "drill_id": package["drill_id"],
+        "generated_at": iso(validation.parse_time(package["generated_at"])),
+        "generated_by": package["generated_by"],
+        "acknowledgements": [
+            {
+                "notification_id": ack["notification_id"],
+                "role": ack["role"],
+                "state": ack["state"],
+                "acknowledged_at": iso(validation.parse_time(ack["acknowledged_at"])),
+            }
+            for ack in package["acknowledgements"]
+        ],
+    }
+    return hashlib.sha256(canonical_json(normal).encode()).hexdigest()
+
+
+def alert_level(retryable: int, waiting: int) -> str:
+    if retryable:
+        return "critical"
+    if waiting:
+        return "warning"
+    return "healthy"
+
+
+def aligned_window(moment: datetime, interval_minutes: int) -> tuple[datetime, datetime]:
+    """The schedule window holding ``moment``: epoch-aligned multiples of the interval."""
+    width = interval_minutes * 60 * 1_000_000
+    micros = to_micros(moment)
+    start = micros - micros % width
+    return from_micros(start), from_micros(start + width)
+
+
+def assessment_of(decision: Decision, previous_state: str) -> dict[str, Any]:
+    """The lineage state and assessment that follow from a decision at record time."""
+    closing = {
+        "permanent_failure": "suppressed",
+        "receiver_stop": "suppressed",
+        "max_age_exceeded": "suppressed",
+        "retry_after_beyond_window": "suppressed",
+        "max_attempts_reached": "exhausted",
+    }
+    if decision.action == "suppress" and decision.reason in closing:
+        return {
+            "state": closing[decision.reason],
+            "closing_reason": decision.reason,
+            "assessment": "suppressed",
+            "eligible_from": None,
+            "eligible_until": None,
+        }
+    if decision.action == "suppress":
+        return {
+            "state": "failed",
+            "closing_reason": None,
+            "assessment": "suppressed",
+            "eligible_from": None,
+            "eligible_until": None,
+        }
+    if decision.reason in ("connector_paused", "connector_not_configured"):
+        return {
+            "state": "failed",
+            "closing_reason": None,
+            "assessment": "paused",
+            "eligible_from": None,
+            "eligible_until": None,
+        }
+    return {
+        "state": "failed",
+        "closing_reason": None,
+        "assessment": "retryable",
+        "eligible_from": decision.not_before,
+        "eligible_until": decision.not_after,
+    }
+
+
+def _facts(values: Mapping[str, Any]) -> LineageFacts:
+    latest = AttemptFacts(
+        attempt_number=values["attempt_count"],
+        outcome=values["last_outcome"],
+        error_class=values["last_error_class"],
+        http_status=values["last_http_status"],
+        retry_after_at=values["last_retry_after_at"],
+        finished_at=values["last_attempt_at"],
+    )
+    return LineageFacts(
+        lineage_id=values["lineage_id"],
+        package_id=values["package"],
+        connector_id=values["connector_id"],
+        connector_type=values["connector_type"],
+        state=values["state"],
+        attempt_count=values["attempt_count"],
+        first_attempt_at=values["first_attempt_at"],
+        last_attempt_at=values["last_attempt_at"],
+        package_generated_at=values["package_generated_at"],
+        failed_status_codes=tuple(values["failed_status_codes"] or ()),
+        latest=latest,
+        config_fingerprint=values["config_fingerprint"],
+        closing_reason=values["closing_reason"],
+    )
+
+
+_DECISION_FIELDS = (
+    RetryDecision.decision_id,
+    RetryDecision.plan,
+    RetryDecision.position,
+    RetryDecision.lineage_id,
+    RetryDecision.lineage_version,
+    RetryDecision.package_id,
+    RetryDecision.connector_id,
+    RetryDecision.action,
+    RetryDecision.reason,
+    RetryDecision.explanation,
+    RetryDecision.retry_count,
+    RetryDecision.max_retry_attempts,
+    RetryDecision.retry_delay_seconds,
+    RetryDecision.not_before,
+    RetryDecision.not_after,
+    RetryDecision.failed_status_codes,
+)
+
+
+def _decision_row(decision: Decision, plan_id: str, position: int) -> tuple:
+    return (
+        new_id("rd"),
+        plan_id,
+        position,
+        decision.lineage_id,
+        decision.lineage_version,
+        decision.package_id,
+        decision.connector_id,
+        decision.action,
+        decision.reason,
+        decision.explanation,
+        decision.retry_count,
+        decision.max_retry_attempts,
+        decision.retry_delay_seconds,
+        decision.not_before,
+        decision.not_after,
+        list(decision.failed_status_codes),
+    )
+
+
+def _insert_decisions(rows: list[tuple]) -> None:
+    RetryDecision.insert_many(rows, fields=_DECISION_FIELDS).execute()
+
+
+def _decision_document(row: RetryDecision) -> dict[str, Any]:
+    return {
+        "decision_id": row.decision_id,
+        "lineage_id": row.lineage_id,
+        "package_id": row.package_id,
+        "connector_id": row.connector_id,
+        "action": row.action,
+        "reason": row.reason,
+        "explanation": row.explanation,
+        "retry_count": row.retry_count,
+        "max_retry_attempts": row.max_retry_attempts,
+        "retry_delay_seconds": row.retry_delay_seconds,
+        "not_before": iso(row.not_before),
+        "not_after": iso(row.not_after),
+        "failed_status_codes": list(row.failed_status_codes),
+    }
+
+
+def _plan_summary(row: RetryPlan) -> dict[str, Any]:
+    return {
+        "retry_plan_id": row.retry_plan_id,
+        "plan_hash": row.plan_hash,
+        "generated_at": iso(row.generated_at),
+        "generated_by": row.generated_by,
+        "policy": row.policy,
+        "decision_count": row.decision_count,
+        "retryable_count": row.retryable_count,
+        "waiting_count": row.waiting_count,
+        "suppressed_count": row.suppressed_count,
+        "alert_level": row.alert_level,
+    }
+
+
+def _invert(text: str) -> str:
+    """A string that sorts in the opposite order, for a max-heap on ids."""
+    return "".join(chr(0x10FFFF - ord(char)) for char in text)
+
+
+def _selected(decision: Decision, outcome: str) -> dict[str, Any]:
+    document = decision.as_document(new_id("rd"))
+    document["next_attempt_number"] = decision.retry_count + 1
+    document["outcome"] = outcome
+    return document
+
+
+def _run_document_from(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": record["run_id"],
+        "dry_run": record["dry_run"],
+        "trigger": record["trigger"],
+        "schedule": {
+            "interval_minutes": record["interval_minutes"],
+            "window_start": iso(record["window_start"]),
+            "window_end": iso(record["window_end"]),
+            "cadence": record["cadence"],
+            "enabled": record["enabled"],
+        },
+        "started_at": iso(record["started_at"]),
+        "finished_at": iso(record["finished_at"]),
+        "generated_by": record["generated_by"],
+        "policy": record["policy"],
+        "summary": {
+            "retryable_count": record["retryable_count"],
+            "waiting_count": record["waiting_count"],
+            "suppressed_count": record["suppressed_count"],
+            "selected_retry_count": record["selected_retry_count"],
+            "executed_count": record["executed_count"],
+            "skipped_count": record["skipped_count"],
+        },
+        "notes": list(record["notes"]),
+        "selected_retries": list(record["selected_retries"]),
+    }
+
+
+def _run_document(row: WorkerRun, *, check: bool = True) -> dict[str, Any]:
+    record = {field: getattr(row, field) for field in row._meta.fields}
+    document = _run_document_from(record)
+    if check:
+        validation.check_output("worker_run", document)
+    return document
+
+
+def _attempt_document(row: DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "attempt_id": row.attempt_id,
+        "lineage_id": row.__data__["lineage"],
+        "attempt_number": row.attempt_number,
+        "package_id": row.package_id,
+        "connector_id": row.connector_id,
+        "connector_type": row.connector_type,
+        "outcome": row.outcome,
+        "error_class": row.error_class,
+        "http_status": row.http_status,
+        "retry_after": row.retry_after_raw,
+        "retry_after_at": iso(row.retry_after_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "duration_ms": row.duration_ms,
+        "source": row.source,
+        "worker_run_id": row.worker_run_id,
+        "lineage_state": row.lineage_state,
+    }
+
+
+def _clean_retry_after(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = raw.strip()[:64]
+    if not text or any(not 0x20 <= ord(char) <= 0x7E for char in text):
+        return None
+    return text

@@ -1,0 +1,137 @@
+"""
+Hook specifications: the whole contract between cavra and its plugins.
+
+Every hook is named ``cavra_<verb>_<noun>``. Connector plugins implement them
+with :data:`hookimpl`; the built-in default policy (``cavra_core.default_policy``)
+implements them too and is registered last, so a connector plugin's answer for
+its own type wins. Each hook receives only the arguments it names, so a plugin
+may accept fewer parameters than are listed.
+
+Call semantics are chosen per hook:
+
+* ``firstresult`` hooks have one owner per question. The first non-``None``
+  answer is used; a plugin returns ``None`` to say "not mine, ask the next".
+* Combined hooks collect every plugin's answer; each plugin may only narrow or
+  veto, never widen, what the others said.
+
+A plugin that raises never fails a plan: the engine turns the exception into a
+``suppress`` decision with reason ``plugin_error`` for that one lineage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pluggy
+
+from cavra_core.types import (
+    AttemptFacts,
+    Connector,
+    ConnectorType,
+    Eligibility,
+    FailureClassification,
+    LineageFacts,
+    ScheduleWindow,
+)
+
+PROJECT_NAME = "cavra"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def cavra_register_connector_types() -> list[ConnectorType]:
+    """
+    Declare the connector types a plugin provides.
+
+    Called once, when the plugin manager is built.
+
+    :return: a list of objects following :class:`cavra_core.types.ConnectorType`.
+        Combined over all plugins; two plugins declaring the same type name stop
+        start-up with an error naming both.
+    """
+
+
+@hookspec(firstresult=True)
+def cavra_classify_failure(
+    connector: Connector, attempt: AttemptFacts
+) -> FailureClassification | None:
+    """
+    Read one failed attempt the way the receiver meant it.
+
+    Called for the latest attempt of every failed lineage a plan or worker run
+    evaluates, and when an attempt is recorded.
+
+    :param connector: the configured connector the attempt went to.
+    :param attempt: the facts of the failed attempt (status, error class,
+        parsed ``Retry-After``).
+    :return: a classification, or ``None`` to leave it to the next plugin (the
+        default policy classifies by HTTP status and transport error).
+    """
+
+
+@hookspec(firstresult=True)
+def cavra_decide_eligibility(
+    connector: Connector,
+    lineage: LineageFacts,
+    classification: FailureClassification,
+    policy: Any,
+    now: datetime,
+) -> Eligibility | None:
+    """
+    Decide whether a failed lineage may be retried at all, timing aside.
+
+    Called after :func:`cavra_classify_failure` for every failed lineage.
+
+    :param connector: the configured connector of the lineage.
+    :param lineage: the lineage's facts (attempt count, ages, latest attempt).
+    :param classification: the failure's classification.
+    :param policy: the effective :class:`cavra_core.policy.RetryPolicy`.
+    :param now: the evaluation time (UTC).
+    :return: ``Eligibility(action="retry", ...)`` when the lineage may be
+        retried (the schedule decides when), a ``wait`` or ``suppress``
+        eligibility with a reason code otherwise, or ``None`` to defer to the
+        next plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def cavra_schedule_retry(
+    connector: Connector,
+    lineage: LineageFacts,
+    classification: FailureClassification,
+    policy: Any,
+    now: datetime,
+) -> ScheduleWindow | None:
+    """
+    Compute when an eligible lineage may be retried.
+
+    Called only for lineages that :func:`cavra_decide_eligibility` found
+    eligible.
+
+    :return: the window (delay after the latest failure, lengthened by the
+        receiver's ``Retry-After`` where honoured), or ``None`` to defer to the
+        next plugin. The default applies exponential backoff with a cap.
+    """
+
+
+@hookspec
+def cavra_narrow_window(
+    connector: Connector, lineage: LineageFacts, window: ScheduleWindow
+) -> ScheduleWindow | None:
+    """
+    Propose a later or shorter window, for example to keep out of a blackout.
+
+    Called for every plugin after :func:`cavra_schedule_retry`. Combined: the
+    engine intersects the proposals, taking the latest ``not_before`` and the
+    earliest ``not_after`` among them, so any plugin can delay or shorten what
+    another proposed. With no proposal the computed window stands. The default
+    delivery calendar shifts a window past blackouts and outside allowed
+    hours, keeping its length.
+
+    :param window: the window computed by :func:`cavra_schedule_retry`.
+    :return: a proposed window (``held_by="delivery_window"`` when it moved
+        ``not_before``), or ``None`` for no opinion.
+    """

@@ -1,0 +1,188 @@
+"""
+The plugin manager, and the one place in the core that calls hooks.
+
+:func:`build_plugin_manager` assembles the manager in a fixed order: hook
+specifications, blocked plugins (``CAVRA_DISABLED_PLUGINS``), entry points of
+the group ``cavra``, plugins handed in by the caller, then the built-in default
+policy, whose implementations are marked ``trylast`` so every connector plugin
+is asked first. Finally every hook implementation is checked against its
+specification, so a misspelt hook stops start-up instead of being ignored.
+
+The rest of the core calls hooks only through :class:`PluginHost`, which turns
+an exception raised by a plugin into :class:`PluginFailure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import pluggy
+
+from cavra_core import default_policy, hookspecs
+from cavra_core.types import (
+    AttemptFacts,
+    Connector,
+    ConnectorType,
+    Eligibility,
+    FailureClassification,
+    LineageFacts,
+    ScheduleWindow,
+)
+
+log = logging.getLogger(__name__)
+
+DISABLED_PLUGINS_VARIABLE = "CAVRA_DISABLED_PLUGINS"
+
+
+class PluginSetupError(RuntimeError):
+    """The plugins cannot be assembled; the message names plugin and hook."""
+
+
+class PluginFailure(Exception):
+    """A plugin raised while answering ``hook``; the original is chained."""
+
+    def __init__(self, hook: str, error: BaseException) -> None:
+        super().__init__(f"{hook} raised {type(error).__name__}")
+        self.hook = hook
+        self.error_type = type(error).__name__
+
+
+def build_plugin_manager(
+    plugins: Iterable[object] = (),
+    *,
+    load_entry_points: bool = True,
+    disabled: Iterable[str] | None = None,
+) -> pluggy.PluginManager:
+    """
+    Build the plugin manager.
+
+    :param plugins: extra plugin objects or modules, for embedding and tests.
+    :param load_entry_points: also load installed plugins (group ``cavra``).
+    :param disabled: plugin names to block; by default read from
+        ``CAVRA_DISABLED_PLUGINS`` (comma-separated).
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+
+    if disabled is None:
+        disabled = os.environ.get(DISABLED_PLUGINS_VARIABLE, "").split(",")
+    for name in disabled:
+        if name.strip():
+            manager.set_blocked(name.strip())
+
+    if load_entry_points:
+        manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
+    for plugin in plugins:
+        manager.register(plugin)
+    manager.register(default_policy, name="cavra.default_policy")
+
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginSetupError(
+            f"plugin {exc.plugin!r} implements a hook that cavra does not "
+            f"specify: {exc}. Check the hook's name against cavra_core.hookspecs."
+        ) from exc
+    return manager
+
+
+class PluginHost:
+    """The core's only caller of ``pm.hook``."""
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self.manager = manager
+        self._hook = manager.hook
+
+    def connector_types(self) -> dict[str, ConnectorType]:
+        """Every declared connector type, by name; duplicates are an error."""
+        found: dict[str, ConnectorType] = {}
+        owners: dict[str, str] = {}
+        for impl in self._hook.cavra_register_connector_types.get_hookimpls():
+            for connector_type in impl.function() or ():
+                name = connector_type.name
+                if name in found:
+                    raise PluginSetupError(
+                        f"connector type {name!r} is declared by both "
+                        f"{owners[name]!r} and {impl.plugin_name!r}; block one "
+                        f"with {DISABLED_PLUGINS_VARIABLE}"
+                    )
+                found[name] = connector_type
+                owners[name] = impl.plugin_name
+        return found
+
+    def classify_failure(
+        self, connector: Connector, attempt: AttemptFacts
+    ) -> FailureClassification:
+        return self._call(
+            "cavra_classify_failure", connector=connector, attempt=attempt
+        )
+
+    def decide_eligibility(
+        self,
+        connector: Connector,
+        lineage: LineageFacts,
+        classification: FailureClassification,
+        policy: Any,
+        now: datetime,
+    ) -> Eligibility:
+        return self._call(
+            "cavra_decide_eligibility",
+            connector=connector,
+            lineage=lineage,
+            classification=classification,
+            policy=policy,
+            now=now,
+        )
+
+    def schedule_retry(
+        self,
+        connector: Connector,
+        lineage: LineageFacts,
+        classification: FailureClassification,
+        policy: Any,
+        now: datetime,
+    ) -> ScheduleWindow:
+        return self._call(
+            "cavra_schedule_retry",
+            connector=connector,
+            lineage=lineage,
+            classification=classification,
+            policy=policy,
+            now=now,
+        )
+
+    def narrow_window(
+        self, connector: Connector, lineage: LineageFacts, window: ScheduleWindow
+    ) -> ScheduleWindow:
+        """Intersect every plugin's proposal; with none, ``window`` stands."""
+        proposals = self._call(
+            "cavra_narrow_window", connector=connector, lineage=lineage, window=window
+        )
+        proposals = [proposal for proposal in proposals if proposal is not None]
+        if not proposals:
+            return window
+        latest = max(proposals, key=lambda proposal: proposal.not_before)
+        return ScheduleWindow(
+            not_before=latest.not_before,
+            not_after=min(proposal.not_after for proposal in proposals),
+            delay_seconds=window.delay_seconds,
+            held_by=latest.held_by
+            if latest.not_before > window.not_before
+            else window.held_by,
+        )
+
+    def _call(self, name: str, **kwargs: Any) -> Any:
+        try:
+            result = getattr(self._hook, name)(**kwargs)
+        except Exception as exc:
+            log.warning("plugin raised hook=%s error=%s", name, type(exc).__name__)
+            log.debug("plugin traceback hook=%s", name, exc_info=True)
+            raise PluginFailure(name, exc) from exc
+        if result is None:
+            # The built-in default answers every firstresult hook.
+            raise PluginFailure(name, LookupError("no plugin answered"))
+        return result

@@ -1,0 +1,395 @@
+"""
+The store: peewee models bound to one database proxy, and how to open it.
+
+The backend is chosen by URL. ``sqlite:///path`` (the default is
+``./.cavra/cavra.db``) runs in WAL mode with a busy timeout; ``postgresql://``
+is for several workers sharing the work. Times are stored as integer
+microseconds since the epoch in UTC, so they sort and compare the same way on
+both backends and no naive time can slip in.
+
+Schema changes are numbered migrations in ``cavra_core/migrations``; the models
+here always describe the newest schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+from playhouse.migrations import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite:///.cavra/cavra.db"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+database_proxy = peewee.DatabaseProxy()
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or migrated; the message says why."""
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch for an aware datetime; naive ones are refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("time has no UTC offset; cavra stores only aware times")
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The aware UTC datetime for a number of microseconds since the epoch."""
+    seconds, micros = divmod(int(value), 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+
+
+class TimestampField(peewee.BigIntegerField):
+    """An aware UTC datetime stored as microseconds since the epoch."""
+
+    def db_value(self, value: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        return to_micros(value)
+
+    def python_value(self, value: Any) -> datetime | None:
+        return None if value is None else from_micros(value)
+
+
+class JSONTextField(peewee.TextField):
+    """A small JSON document stored as canonical text."""
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class AuditPackage(BaseModel):
+    """An acknowledgement audit package, identified by its content hash."""
+
+    package_id = peewee.CharField(max_length=64, primary_key=True)
+    drill_id = peewee.CharField(max_length=200, index=True)
+    generated_at = TimestampField()
+    generated_by = peewee.CharField(max_length=200)
+    received_at = TimestampField()
+
+
+class Acknowledgement(BaseModel):
+    """One acknowledgement inside a package, in the package's order."""
+
+    package = peewee.ForeignKeyField(AuditPackage, backref="acknowledgements")
+    position = peewee.IntegerField()
+    notification_id = peewee.CharField(max_length=200)
+    role = peewee.CharField(max_length=200)
+    state = peewee.CharField(max_length=20)
+    acknowledged_at = TimestampField()
+
+    class Meta:
+        indexes = ((("package", "position"), True),)
+
+
+class Lineage(BaseModel):
+    """
+    One package on its way to one connector: the first attempt and every retry.
+
+    The latest attempt's facts are copied here so that planning reads one row
+    per lineage. ``assessment`` and the eligibility window are the decision
+    under the connector's own policy when the latest attempt was recorded;
+    the dashboard counts from them with index range queries.
+    """
+
+    lineage_id = peewee.CharField(max_length=40, primary_key=True)
+    package = peewee.ForeignKeyField(AuditPackage, backref="lineages")
+    connector_id = peewee.CharField(max_length=100)
+    connector_type = peewee.CharField(max_length=50)
+    state = peewee.CharField(max_length=20)
+    #: True while the latest attempt failed (states failed, exhausted, suppressed).
+    latest_failed = peewee.BooleanField(default=False)
+    attempt_count = peewee.IntegerField(default=0)
+    first_attempt_at = TimestampField(null=True)
+    last_attempt_at = TimestampField(null=True)
+    package_generated_at = TimestampField()
+    last_outcome = peewee.CharField(max_length=20, null=True)
+    last_error_class = peewee.CharField(max_length=50, null=True)
+    last_http_status = peewee.IntegerField(null=True)
+    last_retry_after_at = TimestampField(null=True)
+    failed_status_codes = JSONTextField(default=list)
+    config_fingerprint = peewee.CharField(max_length=64, default="")
+    closing_reason = peewee.CharField(max_length=50, null=True)
+    assessment = peewee.CharField(max_length=20, null=True)
+    eligible_from = TimestampField(null=True)
+    eligible_until = TimestampField(null=True)
+    #: When the first delivery was claimed; a stale claim (a crash) is taken over.
+    claimed_at = TimestampField(null=True)
+    #: Bumped on every change, so decisions can tell whether a lineage moved on.
+    version = peewee.IntegerField(default=0)
+
+    class Meta:
+        indexes = (
+            (("latest_failed", "lineage_id"), False),
+            (("state", "assessment", "eligible_from"), False),
+            (("state", "assessment", "eligible_until"), False),
+            (("package", "connector_id"), True),
+            (("connector_id", "state"), False),
+        )
+
+
+class DeliveryAttempt(BaseModel):
+    """One delivery attempt, kept as redacted metadata: no body, no URL, no secret."""
+
+    attempt_id = peewee.CharField(max_length=40, primary_key=True)
+    lineage = peewee.ForeignKeyField(Lineage, backref="attempts")
+    attempt_number = peewee.IntegerField()
+    package_id = peewee.CharField(max_length=64)
+    connector_id = peewee.CharField(max_length=100)
+    connector_type = peewee.CharField(max_length=50)
+    outcome = peewee.CharField(max_length=20)
+    error_class = peewee.CharField(max_length=50, null=True)
+    http_status = peewee.IntegerField(null=True)
+    retry_after_raw = peewee.CharField(max_length=64, null=True)
+    retry_after_at = TimestampField(null=True)
+    started_at = TimestampField()
+    finished_at = TimestampField()
+    duration_ms = peewee.IntegerField()
+    source = peewee.CharField(max_length=20)
+    worker_run_id = peewee.CharField(max_length=40, null=True)
+
+    class Meta:
+        indexes = (
+            (("lineage", "attempt_number"), True),
+            (("started_at", "attempt_id"), False),
+            (("connector_id", "started_at", "attempt_id"), False),
+            (("outcome", "started_at", "attempt_id"), False),
+        )
+
+
+class RetryPlan(BaseModel):
+    """One explained plan: a decision for every failed lineage at one moment."""
+
+    retry_plan_id = peewee.CharField(max_length=40, primary_key=True)
+    plan_hash = peewee.CharField(max_length=64)
+    generated_at = TimestampField()
+    generated_by = peewee.CharField(max_length=200)
+    policy = JSONTextField()
+    decision_count = peewee.IntegerField()
+    retryable_count = peewee.IntegerField()
+    waiting_count = peewee.IntegerField()
+    suppressed_count = peewee.IntegerField()
+    alert_level = peewee.CharField(max_length=20)
+
+    class Meta:
+        indexes = ((("generated_at", "retry_plan_id"), False),)
+
+
+class RetryDecision(BaseModel):
+    """One decision of a plan, in the plan's order (by lineage id)."""
+
+    decision_id = peewee.CharField(max_length=40, primary_key=True)
+    plan = peewee.ForeignKeyField(RetryPlan, backref="decisions")
+    position = peewee.IntegerField()
+    lineage_id = peewee.CharField(max_length=40)
+    lineage_version = peewee.IntegerField()
+    package_id = peewee.CharField(max_length=64)
+    connector_id = peewee.CharField(max_length=100)
+    action = peewee.CharField(max_length=20)
+    reason = peewee.CharField(max_length=50)
+    explanation = peewee.TextField()
+    retry_count = peewee.IntegerField()
+    max_retry_attempts = peewee.IntegerField()
+    retry_delay_seconds = peewee.IntegerField()
+    not_before = TimestampField()
+    not_after = TimestampField()
+    failed_status_codes = JSONTextField()
+
+    class Meta:
+        indexes = (
+            (("plan", "position"), True),
+            (("lineage_id",), False),
+        )
+
+
+class WorkerRun(BaseModel):
+    """One run of the retry worker, dry or live, with what it selected."""
+
+    run_id = peewee.CharField(max_length=40, primary_key=True)
+    dry_run = peewee.BooleanField()
+    trigger = peewee.CharField(max_length=20)
+    interval_minutes = peewee.IntegerField()
+    window_start = TimestampField()
+    window_end = TimestampField()
+    cadence = peewee.CharField(max_length=64)
+    enabled = peewee.BooleanField()
+    started_at = TimestampField()
+    finished_at = TimestampField()
+    generated_by = peewee.CharField(max_length=200)
+    policy = JSONTextField()
+    retryable_count = peewee.IntegerField()
+    waiting_count = peewee.IntegerField()
+    suppressed_count = peewee.IntegerField()
+    selected_retry_count = peewee.IntegerField()
+    executed_count = peewee.IntegerField()
+    skipped_count = peewee.IntegerField()
+    notes = JSONTextField(default=list)
+    selected_retries = JSONTextField(default=list)
+
+    class Meta:
+        indexes = (
+            (("started_at", "run_id"), False),
+            (("dry_run", "started_at", "run_id"), False),
+        )
+
+
+class Counter(BaseModel):
+    """Running totals kept in the same transaction as the rows they count."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    value = peewee.BigIntegerField(default=0)
+
+
+MODELS = (
+    AuditPackage,
+    Acknowledgement,
+    Lineage,
+    DeliveryAttempt,
+    RetryPlan,
+    RetryDecision,
+    WorkerRun,
+    Counter,
+)
+
+
+def bump_counters(changes: dict[str, int]) -> None:
+    """Add to named counters inside the caller's transaction."""
+    for name, delta in changes.items():
+        if not delta:
+            continue
+        updated = (
+            Counter.update(value=Counter.value + delta)
+            .where(Counter.name == name)
+            .execute()
+        )
+        if not updated:
+            Counter.insert(name=name, value=delta).on_conflict(
+                conflict_target=[Counter.name],
+                update={Counter.value: Counter.value + delta},
+            ).execute()
+
+
+def read_counters(*names: str) -> dict[str, int]:
+    found = {
+        row.name: row.value for row in Counter.select().where(Counter.name.in_(names))
+    }
+    return {name: int(found.get(name, 0)) for name in names}
+
+
+def open_database(url: str | None = None) -> peewee.Database:
+    """
+    Open (without connecting) the database at ``url`` and bind the models to it.
+
+    A SQLite file's folder is created on first use.
+    """
+    url = url or DEFAULT_DATABASE_URL
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database = peewee.SqliteDatabase(
+            path or ":memory:",
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": 10_000,
+            },
+            timeout=10,
+        )
+    elif scheme in ("postgres", "postgresql"):
+        try:
+            database = connect_url(url.replace("postgres://", "postgresql://", 1))
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise StoreError(
+                "PostgreSQL needs a driver: pip install 'cavra[postgres]'"
+            ) from exc
+    else:
+        raise StoreError(
+            f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH "
+            "or postgresql://USER@HOST:PORT/NAME"
+        )
+    database_proxy.initialize(database)
+    return database
+
+
+@contextlib.contextmanager
+def _migration_lock(database: peewee.Database) -> Iterator[None]:
+    """Let only one process migrate at a time."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        database.execute_sql("SELECT pg_advisory_lock(7260421)")
+        try:
+            yield
+        finally:
+            database.execute_sql("SELECT pg_advisory_unlock(7260421)")
+        return
+    name = database.database
+    if name == ":memory:":
+        yield
+        return
+    with open(f"{name}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(database: peewee.Database) -> list[str]:
+    """Apply every pending numbered migration; return the names applied."""
+    with database.connection_context(), _migration_lock(database):
+        runner = Runner(database, directory=str(MIGRATIONS_DIR))
+        applied = runner.up()
+    for name in applied:
+        log.info("migration applied name=%s", name)
+    return applied
+
+
+def pending_migrations(database: peewee.Database) -> list[str]:
+    with database.connection_context():
+        runner = Runner(database, directory=str(MIGRATIONS_DIR))
+        return [m.name for m in runner.status() if not m.applied and m.path]
+
+
+def describe_url(url: str) -> str:
+    """The URL without user information or password, safe to log."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return url
+    host = parsed.hostname or ""
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{host}{port}{parsed.path}"
+
+
+def sqlite_path(url: str) -> str | None:
+    if urlparse(url).scheme != "sqlite":
+        return None
+    return os.path.abspath(url[len("sqlite:///") :])

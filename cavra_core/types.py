@@ -1,0 +1,190 @@
+"""
+Value types shared by the engine, the hook specifications and connector plugins.
+
+Everything here is a frozen dataclass or a plain constant: plugins receive these
+objects, read them and return new ones; nothing here talks to the database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+#: The failure categories every connector type maps its errors onto.
+FAILURE_CATEGORIES = ("transient", "throttle", "config", "permanent", "receiver_stop")
+
+#: Decision actions, in the order the API documents them.
+ACTIONS = ("retry", "wait", "suppress")
+
+LINEAGE_STATES = ("pending", "failed", "recovered", "exhausted", "suppressed")
+
+
+class ConnectorConfigError(ValueError):
+    """
+    A connector's configuration is wrong.
+
+    ``key`` names the setting (a dotted path inside the connectors file) so the
+    message can say exactly what to fix.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Connector:
+    """
+    One configured connector, as read from the connectors file.
+
+    ``settings`` holds the type-specific keys (``url``, timeouts, secret
+    references). Secrets are never in it: a key ending in ``_env`` names the
+    environment variable that holds one, and :meth:`secret` reads it on demand.
+    """
+
+    connector_id: str
+    type: str
+    settings: dict[str, Any]
+    retry_policy: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the connector's configuration (never of a secret's value).
+    fingerprint: str = ""
+
+    def secret(self, reference_key: str) -> str | None:
+        """Read the secret that the setting ``reference_key`` points to."""
+        variable = self.settings.get(reference_key)
+        if not variable:
+            return None
+        return os.environ.get(str(variable))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a connector is asked to send: one package for one lineage attempt."""
+
+    package_id: str
+    package: dict[str, Any]
+    lineage_id: str
+    attempt_number: int
+    #: Stable across every attempt of the lineage, so receivers can de-duplicate.
+    event_id: str
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """
+    What a connector reports back after one delivery attempt.
+
+    ``error_class`` is a short stable code (``http_status``, ``timeout``,
+    ``connection_refused``...) and never free text; ``retry_after`` is the
+    receiver's ``Retry-After`` header exactly as received, or None.
+    """
+
+    outcome: str  # "delivered" or "failed"
+    error_class: str | None = None
+    http_status: int | None = None
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptFacts:
+    """The facts of the latest failed attempt of a lineage, as a plugin sees them."""
+
+    attempt_number: int
+    outcome: str
+    error_class: str | None
+    http_status: int | None
+    retry_after_at: datetime | None
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class LineageFacts:
+    """
+    One lineage (one package on its way to one connector) at evaluation time.
+
+    ``attempt_count`` counts every attempt, the first delivery included.
+    """
+
+    lineage_id: str
+    package_id: str
+    connector_id: str
+    connector_type: str
+    state: str
+    attempt_count: int
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    package_generated_at: datetime
+    failed_status_codes: tuple[int, ...]
+    latest: AttemptFacts
+    #: The connector fingerprint in force when the latest attempt was made.
+    config_fingerprint: str
+    #: For lineages closed as exhausted or suppressed: the reason recorded then.
+    closing_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FailureClassification:
+    """
+    How a connector type reads one failure.
+
+    ``category`` is one of :data:`FAILURE_CATEGORIES`; ``honours_retry_after``
+    says whether the receiver's ``Retry-After`` should lengthen the delay.
+    """
+
+    error_class: str
+    category: str
+    honours_retry_after: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """
+    Whether a lineage may be retried at all, before any timing is considered.
+
+    ``action`` is ``retry`` when the lineage is eligible (the schedule then
+    decides between retry and wait), otherwise ``wait`` or ``suppress``.
+    """
+
+    action: str
+    reason: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class ScheduleWindow:
+    """
+    When a retry may be sent: from ``not_before`` (inclusive) to ``not_after``.
+
+    ``delay_seconds`` is the policy delay after the latest failure;
+    ``held_by`` says what set ``not_before`` last: ``delay``, ``retry_after``
+    or ``delivery_window`` (a blackout or the allowed delivery hours).
+    """
+
+    not_before: datetime
+    not_after: datetime
+    delay_seconds: int
+    held_by: str = "delay"
+
+
+@runtime_checkable
+class ConnectorType(Protocol):
+    """
+    What a connector plugin provides for one connector type.
+
+    ``name`` is the value of ``type`` in the connectors file; ``category`` says
+    what kind of destination it is (``siem``, ``webhook`` or a plugin's own).
+    """
+
+    name: str
+    category: str
+
+    def validate_settings(self, connector_id: str, settings: dict[str, Any]) -> None:
+        """Raise :class:`ConnectorConfigError` naming the key that is wrong."""
+
+    def deliver(self, connector: Connector, delivery: Delivery) -> DeliveryResult:
+        """Send one delivery; never raise for a receiver's failure, report it."""
