@@ -23,7 +23,8 @@ the window with the evaluation time. Reasons take precedence in this order
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from typing import NamedTuple
 from datetime import UTC, datetime
 
 from cavra_core.plugins import PluginFailure, PluginHost
@@ -55,8 +56,7 @@ _WAIT_REASONS = {
 }
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One decision for one lineage; the API's ``retry_decisions[]`` entry."""
 
     lineage_id: str
@@ -91,13 +91,42 @@ class Decision:
         }
 
 
+    def canonical_json(self) -> str:
+        """
+        The decision as canonical JSON (sorted keys, no spaces), without its id.
+
+        This is what a plan's hash covers; it equals
+        ``json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+        of the decision document without ``decision_id``, built by hand
+        because a plan may hold hundreds of thousands of decisions.
+        """
+        codes = ",".join(str(code) for code in self.failed_status_codes)
+        return (
+            f'{{"action":"{self.action}","connector_id":"{self.connector_id}",'
+            f'"explanation":{json.dumps(self.explanation, ensure_ascii=False)},'
+            f'"failed_status_codes":[{codes}],"lineage_id":"{self.lineage_id}",'
+            f'"max_retry_attempts":{self.max_retry_attempts},'
+            f'"not_after":{_json_time(self.not_after)},'
+            f'"not_before":{_json_time(self.not_before)},'
+            f'"package_id":"{self.package_id}","reason":"{self.reason}",'
+            f'"retry_count":{self.retry_count},'
+            f'"retry_delay_seconds":{self.retry_delay_seconds}}}'
+        )
+
+
+def _json_time(value: datetime | None) -> str:
+    return "null" if value is None else f'"{format_time_precise(value)}"'
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else format_time_precise(value)
 
 
 def format_time_precise(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds when there are any."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 def evaluate(

@@ -17,7 +17,7 @@ from typing import Any
 from cavra_core.calendar import DeliveryCalendar
 from cavra_core.hookspecs import hookimpl
 from cavra_core.policy import RetryPolicy, jittered_delay_seconds
-from cavra_core.text import describe_failure, format_duration, format_time
+from cavra_core.text import describe_failure, format_duration
 from cavra_core.types import (
     AttemptFacts,
     Connector,
@@ -43,7 +43,9 @@ TRANSIENT_ERRORS = frozenset(
         "network_error",
     }
 )
-CONFIG_ERRORS = frozenset({"redirect", "tls_error", "missing_secret"})
+CONFIG_ERRORS = frozenset(
+    {"redirect", "tls_error", "missing_secret", "invalid_secret", "config_error"}
+)
 
 
 def classify_status(status: int) -> tuple[str, str]:
@@ -173,7 +175,7 @@ def cavra_schedule_retry(
 
 
 @lru_cache(maxsize=256)
-def _calendar_for(fingerprint: str, schedule_key: Any) -> DeliveryCalendar | None:
+def _calendar_for(schedule_key: Any) -> DeliveryCalendar | None:
     return DeliveryCalendar.from_settings(_thaw(schedule_key))
 
 
@@ -197,7 +199,7 @@ def connector_calendar(connector: Connector) -> DeliveryCalendar | None:
     """The connector's delivery calendar, built once per configuration."""
     if not connector.schedule:
         return None
-    return _calendar_for(connector.fingerprint, _freeze(connector.schedule))
+    return _calendar_for(_freeze(connector.schedule))
 
 
 @hookimpl(trylast=True)
@@ -226,5 +228,4 @@ __all__ = [
     "cavra_schedule_retry",
     "classify_status",
     "describe_calendar",
-    "format_time",
 ]

@@ -61,8 +61,10 @@ def cavra_classify_failure(
     """
     Read one failed attempt the way the receiver meant it.
 
-    Called for the latest attempt of every failed lineage a plan or worker run
-    evaluates, and when an attempt is recorded.
+    Called for the latest attempt of failed lineages when plans and worker
+    runs evaluate them and when an attempt is recorded. The answer must depend
+    only on the connector and the attempt's ``error_class`` and
+    ``http_status`` (a classification table): cavra caches it on those.
 
     :param connector: the configured connector the attempt went to.
     :param attempt: the facts of the failed attempt (status, error class,

@@ -96,6 +96,16 @@ class PluginHost:
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self.manager = manager
         self._hook = manager.hook
+        self._classifications: dict[tuple, FailureClassification] = {}
+        self._plans = {
+            name: _call_plan(getattr(manager.hook, name))
+            for name in (
+                "cavra_classify_failure",
+                "cavra_decide_eligibility",
+                "cavra_schedule_retry",
+                "cavra_narrow_window",
+            )
+        }
 
     def connector_types(self) -> dict[str, ConnectorType]:
         """Every declared connector type, by name; duplicates are an error."""
@@ -117,9 +127,28 @@ class PluginHost:
     def classify_failure(
         self, connector: Connector, attempt: AttemptFacts
     ) -> FailureClassification:
-        return self._call(
-            "cavra_classify_failure", connector=connector, attempt=attempt
+        """
+        Classify one failure, once per connector configuration and failure kind.
+
+        A classification is a connector type's table lookup: by contract it
+        depends only on the connector and the attempt's error class and HTTP
+        status, so it is cached on those.
+        """
+        key = (
+            connector.connector_id,
+            connector.fingerprint,
+            attempt.error_class,
+            attempt.http_status,
         )
+        found = self._classifications.get(key)
+        if found is None:
+            found = self._call(
+                "cavra_classify_failure", connector=connector, attempt=attempt
+            )
+            if len(self._classifications) > 4096:
+                self._classifications.clear()
+            self._classifications[key] = found
+        return found
 
     def decide_eligibility(
         self,
@@ -176,8 +205,12 @@ class PluginHost:
         )
 
     def _call(self, name: str, **kwargs: Any) -> Any:
+        plan = self._plans.get(name)
         try:
-            result = getattr(self._hook, name)(**kwargs)
+            if plan is None:
+                result = getattr(self._hook, name)(**kwargs)
+            else:
+                result = plan(kwargs)
         except Exception as exc:
             log.warning("plugin raised hook=%s error=%s", name, type(exc).__name__)
             log.debug("plugin traceback hook=%s", name, exc_info=True)
@@ -186,3 +219,40 @@ class PluginHost:
             # The built-in default answers every firstresult hook.
             raise PluginFailure(name, LookupError("no plugin answered"))
         return result
+
+
+def _call_plan(caller: pluggy.HookCaller) -> Any:
+    """
+    A direct caller for a hook without wrappers, or None to use pluggy's own.
+
+    PERF(plan): a plan asks three hooks for every failed lineage, and pluggy's
+    general call loop (wrappers, argument checks) costs more than the default
+    policy's answer. Without wrappers the loop is simple: implementations in
+    pluggy's order (last registered first, ``tryfirst``/``trylast`` honoured
+    by ``get_hookimpls``), each given only the arguments it names; the first
+    non-None answer for ``firstresult`` hooks, else every answer.
+    """
+    impls = caller.get_hookimpls()
+    if any(impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls):
+        return None
+    steps = [(impl.function, impl.argnames) for impl in reversed(impls)]
+    if caller.spec and caller.spec.opts.get("firstresult"):
+
+        def first(kwargs: dict[str, Any]) -> Any:
+            for function, names in steps:
+                result = function(*[kwargs[name] for name in names])
+                if result is not None:
+                    return result
+            return None
+
+        return first
+
+    def every(kwargs: dict[str, Any]) -> list[Any]:
+        results = []
+        for function, names in steps:
+            result = function(*[kwargs[name] for name in names])
+            if result is not None:
+                results.append(result)
+        return results
+
+    return every

@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 
@@ -98,12 +99,23 @@ def backoff_delay_seconds(policy: RetryPolicy, attempts: int) -> float:
     ``min(cap, base * multiplier ** (attempts - 1))``, computed in log space
     so that no attempt count can overflow.
     """
-    base = policy.retry_delay_minutes * 60.0
-    cap = policy.max_delay_minutes * 60.0
+    return _backoff(
+        policy.retry_delay_minutes,
+        policy.backoff_multiplier,
+        policy.max_delay_minutes,
+        attempts,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _backoff(
+    delay_minutes: float, multiplier: float, cap_minutes: float, attempts: int
+) -> float:
+    base = delay_minutes * 60.0
+    cap = cap_minutes * 60.0
     if base <= 0 or cap <= 0:
         return 0.0
     exponent = max(attempts - 1, 0)
-    multiplier = policy.backoff_multiplier
     if multiplier == 1 or exponent == 0:
         return min(cap, base)
     if exponent * math.log(multiplier) >= math.log(cap / base):

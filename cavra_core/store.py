@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,8 +51,7 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     """The aware UTC datetime for a number of microseconds since the epoch."""
-    seconds, micros = divmod(int(value), 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+    return _EPOCH + timedelta(microseconds=int(value))
 
 
 class TimestampField(peewee.BigIntegerField):
@@ -218,8 +217,8 @@ class RetryDecision(BaseModel):
     retry_count = peewee.IntegerField()
     max_retry_attempts = peewee.IntegerField()
     retry_delay_seconds = peewee.IntegerField()
-    not_before = TimestampField()
-    not_after = TimestampField()
+    not_before = TimestampField(null=True)
+    not_after = TimestampField(null=True)
     failed_status_codes = JSONTextField()
 
     class Meta:

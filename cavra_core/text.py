@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, to the second, as people read it."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def format_duration(value: timedelta | float) -> str:

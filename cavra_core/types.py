@@ -1,8 +1,9 @@
 """
 Value types shared by the engine, the hook specifications and connector plugins.
 
-Everything here is a frozen dataclass or a plain constant: plugins receive these
-objects, read them and return new ones; nothing here talks to the database.
+Everything here is immutable: plugins receive these objects, read them and
+return new ones; nothing here talks to the database. The per-lineage facts are
+named tuples because a plan builds hundreds of thousands of them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 #: The failure categories every connector type maps its errors onto.
 FAILURE_CATEGORIES = ("transient", "throttle", "config", "permanent", "receiver_stop")
@@ -89,8 +90,7 @@ class DeliveryResult:
     retry_after: str | None = None
 
 
-@dataclass(frozen=True)
-class AttemptFacts:
+class AttemptFacts(NamedTuple):
     """The facts of the latest failed attempt of a lineage, as a plugin sees them."""
 
     attempt_number: int
@@ -101,8 +101,7 @@ class AttemptFacts:
     finished_at: datetime
 
 
-@dataclass(frozen=True)
-class LineageFacts:
+class LineageFacts(NamedTuple):
     """
     One lineage (one package on its way to one connector) at evaluation time.
 
@@ -126,8 +125,7 @@ class LineageFacts:
     closing_reason: str | None = None
 
 
-@dataclass(frozen=True)
-class FailureClassification:
+class FailureClassification(NamedTuple):
     """
     How a connector type reads one failure.
 
@@ -141,8 +139,7 @@ class FailureClassification:
     note: str = ""
 
 
-@dataclass(frozen=True)
-class Eligibility:
+class Eligibility(NamedTuple):
     """
     Whether a lineage may be retried at all, before any timing is considered.
 
@@ -155,8 +152,7 @@ class Eligibility:
     explanation: str
 
 
-@dataclass(frozen=True)
-class ScheduleWindow:
+class ScheduleWindow(NamedTuple):
     """
     When a retry may be sent: from ``not_before`` (inclusive) to ``not_after``.
 

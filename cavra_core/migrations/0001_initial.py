@@ -121,8 +121,8 @@ def up(migrator, db):
         retry_count = IntegerField()
         max_retry_attempts = IntegerField()
         retry_delay_seconds = IntegerField()
-        not_before = BigIntegerField()
-        not_after = BigIntegerField()
+        not_before = BigIntegerField(null=True)
+        not_after = BigIntegerField(null=True)
         failed_status_codes = TextField()
         class Meta:
             database = db

@@ -1,0 +1,408 @@
+"""
+The ``cavra`` command line.
+
+Every command opens the store given by ``--database`` (or
+``CAVRA_DATABASE_URL``, default ``sqlite:///.cavra/cavra.db``) with the
+connectors of ``--connectors`` (or ``CAVRA_CONNECTORS``). Commands print
+readable tables, or the API's JSON documents with ``--json``. Errors are
+printed as messages naming what to fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cavra_core import CavraError, ConnectorConfigError, Engine, __version__
+from cavra_core.plugins import PluginSetupError
+from cavra_core.store import StoreError, describe_url, migrate, open_database
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    configure_logging(arguments.log_level)
+    try:
+        return arguments.handler(arguments)
+    except CavraError as error:
+        _print_problem(error)
+        return 2
+    except (ConnectorConfigError, PluginSetupError, StoreError) as error:
+        print(f"cavra: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # urllib3's debug lines carry hosts and paths, which may hold secrets.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.root.level))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database",
+        default=None,
+        help="database URL (default: $CAVRA_DATABASE_URL or sqlite:///.cavra/cavra.db)",
+    )
+    common.add_argument(
+        "--connectors",
+        default=None,
+        help="connectors TOML file (default: $CAVRA_CONNECTORS, none if unset)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=os.environ.get("CAVRA_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="cavra",
+        description="Recover failed audit-evidence deliveries under governance.",
+    )
+    parser.add_argument("--version", action="version", version=f"cavra {__version__}")
+    parser.set_defaults(log_level="warning", handler=lambda _: _usage(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    api = commands.add_parser("api", parents=[common], help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1", help="address to bind")
+    api.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    api.add_argument("--threads", type=int, default=8, help="worker threads")
+    api.set_defaults(handler=command_api, log_level="info")
+
+    migrate_command = commands.add_parser(
+        "migrate", parents=[common], help="apply pending database migrations"
+    )
+    migrate_command.set_defaults(handler=command_migrate)
+
+    plan = commands.add_parser(
+        "plan", parents=[common], help="make a retry plan for every failed delivery"
+    )
+    _add_actor(plan)
+    _add_policy(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=command_plan)
+
+    worker = commands.add_parser("worker", help="the retry worker")
+    worker.set_defaults(handler=lambda _: _usage(worker))
+    worker_commands = worker.add_subparsers(title="worker commands", metavar="COMMAND")
+
+    run = worker_commands.add_parser(
+        "run", parents=[common], help="run the worker once (a dry run by default)"
+    )
+    _add_actor(run)
+    _add_policy(run)
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--execute", action="store_true", help="live run: re-deliver approved retries"
+    )
+    mode.add_argument(
+        "--dry-run", action="store_true", help="record what would be sent (default)"
+    )
+    run.add_argument(
+        "--max",
+        type=int,
+        default=5,
+        dest="max_retry_deliveries",
+        help="most retries to select (1-100, default 5)",
+    )
+    run.add_argument(
+        "--interval",
+        type=int,
+        default=60,
+        dest="interval_minutes",
+        help="schedule window in minutes (default 60)",
+    )
+    run.add_argument("--json", action="store_true", help="print the run as JSON")
+    run.set_defaults(handler=command_worker_run)
+
+    runs = worker_commands.add_parser(
+        "runs", parents=[common], help="list worker runs, newest first"
+    )
+    which = runs.add_mutually_exclusive_group()
+    which.add_argument("--dry-run", action="store_true", help="only dry runs")
+    which.add_argument("--live", action="store_true", help="only live runs")
+    runs.add_argument("--limit", type=int, default=20, help="how many (1-500)")
+    runs.add_argument("--json", action="store_true", help="print the page as JSON")
+    runs.set_defaults(handler=command_worker_runs)
+
+    dashboard = commands.add_parser(
+        "dashboard", parents=[common], help="show the worker dashboard"
+    )
+    dashboard.add_argument("--json", action="store_true", help="print it as JSON")
+    dashboard.set_defaults(handler=command_dashboard)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _add_actor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--generated-by",
+        default=None,
+        help="who asks (default: the login name)",
+    )
+
+
+def _add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="retry policy override, e.g. --policy max_retry_attempts=5 (repeatable)",
+    )
+
+
+def _actor(arguments: argparse.Namespace) -> str:
+    if arguments.generated_by:
+        return arguments.generated_by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _policy(pairs: list[str]) -> dict[str, Any]:
+    """Parse KEY=VALUE pairs; values are read as JSON (numbers, true/false)."""
+    policy: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise CavraError(
+                f"--policy {pair!r} must look like KEY=VALUE, e.g. max_retry_attempts=5"
+            )
+        try:
+            policy[key.strip()] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise CavraError(
+                f"--policy {key}: the value must be a number, true or false"
+            ) from exc
+    return policy
+
+
+def _engine(arguments: argparse.Namespace) -> Engine:
+    return Engine(arguments.database, arguments.connectors)
+
+
+def command_api(arguments: argparse.Namespace) -> int:
+    from cavra_server import create_app, serve
+
+    engine = _engine(arguments)
+    log.info(
+        "store open database=%s connectors=%d",
+        describe_url(engine.database_url),
+        len(engine.connectors),
+    )
+    serve(
+        create_app(engine),
+        host=arguments.host,
+        port=arguments.port,
+        threads=arguments.threads,
+    )
+    engine.close()
+    return 0
+
+
+def command_migrate(arguments: argparse.Namespace) -> int:
+    url = arguments.database or os.environ.get("CAVRA_DATABASE_URL")
+    database = open_database(url)
+    applied = migrate(database)
+    where = describe_url(url or "sqlite:///.cavra/cavra.db")
+    if applied:
+        print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
+    else:
+        print(f"{where} is up to date")
+    return 0
+
+
+def command_plan(arguments: argparse.Namespace) -> int:
+    request: dict[str, Any] = {"generated_by": _actor(arguments)}
+    policy = _policy(arguments.policy)
+    if policy:
+        request["retry_policy"] = policy
+    with _engine(arguments) as engine:
+        plan = engine.plan_retries(request)
+        decisions = list(engine.iter_plan_decisions(plan["retry_plan_id"]))
+    if arguments.json:
+        _print_json({**plan, "retry_decisions": decisions})
+        return 0
+    print(
+        f"retry plan {plan['retry_plan_id']}  alert {plan['alert_level']}\n"
+        f"  hash {plan['plan_hash']}\n"
+        f"  {plan['decision_count']} decisions: {plan['retryable_count']} retry, "
+        f"{plan['waiting_count']} wait, {plan['suppressed_count']} suppress"
+    )
+    if decisions:
+        print()
+        _print_table(
+            ["lineage", "connector", "action", "reason", "attempts", "not before"],
+            [
+                [
+                    d["lineage_id"],
+                    d["connector_id"],
+                    d["action"],
+                    d["reason"],
+                    f"{d['retry_count']}/{d['max_retry_attempts']}",
+                    d["not_before"] or "-",
+                ]
+                for d in decisions
+            ],
+        )
+    return 0
+
+
+def command_worker_run(arguments: argparse.Namespace) -> int:
+    request: dict[str, Any] = {
+        "generated_by": _actor(arguments),
+        "dry_run": not arguments.execute,
+        "max_retry_deliveries": arguments.max_retry_deliveries,
+        "schedule": {"interval_minutes": arguments.interval_minutes},
+    }
+    policy = _policy(arguments.policy)
+    if policy:
+        request["retry_policy"] = policy
+    with _engine(arguments) as engine:
+        run = engine.run_worker(request)
+    if arguments.json:
+        _print_json(run)
+        return 0
+    _print_run(run)
+    return 0
+
+
+def command_worker_runs(arguments: argparse.Namespace) -> int:
+    dry_run = True if arguments.dry_run else False if arguments.live else None
+    if not 1 <= arguments.limit <= 500:
+        raise CavraError("--limit must be between 1 and 500")
+    with _engine(arguments) as engine:
+        page = engine.list_runs(dry_run=dry_run, limit=arguments.limit)
+    if arguments.json:
+        _print_json(page)
+        return 0
+    if not page["items"]:
+        print("no worker runs yet")
+        return 0
+    _print_runs_table(page["items"])
+    return 0
+
+
+def command_dashboard(arguments: argparse.Namespace) -> int:
+    with _engine(arguments) as engine:
+        board = engine.dashboard()
+    if arguments.json:
+        _print_json(board)
+        return 0
+    print(f"alert level: {board['alert_level']}")
+    _print_table(
+        ["figure", "value"],
+        [
+            ["retryable now", board["retryable_count"]],
+            ["waiting", board["waiting_count"]],
+            ["suppressed", board["suppressed_count"]],
+            ["worker runs", board["run_count"]],
+            ["dry runs", board["dry_run_count"]],
+            ["live runs", board["executed_count"]],
+            ["selected retries (all runs)", board["selected_retry_count"]],
+        ],
+    )
+    if board["latest_runs"]:
+        print("\nlatest runs")
+        _print_runs_table(board["latest_runs"])
+    return 0
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    summary = run["summary"]
+    mode = "dry run" if run["dry_run"] else "LIVE run"
+    schedule = run["schedule"]
+    print(
+        f"worker {mode} {run['run_id']}\n"
+        f"  window {schedule['window_start']} - {schedule['window_end']}\n"
+        f"  {summary['retryable_count']} retryable, {summary['waiting_count']} "
+        f"waiting, {summary['suppressed_count']} suppressed; "
+        f"{summary['selected_retry_count']} selected, "
+        f"{summary['executed_count']} executed, {summary['skipped_count']} skipped"
+    )
+    for note in run["notes"]:
+        print(f"  note: {note}")
+    if run["selected_retries"]:
+        print()
+        _print_table(
+            ["lineage", "connector", "next attempt", "outcome", "window closes"],
+            [
+                [
+                    s["lineage_id"],
+                    s["connector_id"],
+                    s["next_attempt_number"],
+                    s["outcome"],
+                    s["not_after"],
+                ]
+                for s in run["selected_retries"]
+            ],
+        )
+
+
+def _print_runs_table(runs: list[dict[str, Any]]) -> None:
+    _print_table(
+        ["run", "mode", "started", "retryable", "selected", "executed"],
+        [
+            [
+                r["run_id"],
+                "dry" if r["dry_run"] else "live",
+                r["started_at"],
+                r["summary"]["retryable_count"],
+                r["summary"]["selected_retry_count"],
+                r["summary"]["executed_count"],
+            ]
+            for r in runs
+        ],
+    )
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [
+        max(len(header), *(len(row[i]) for row in cells)) if cells else len(header)
+        for i, header in enumerate(headers)
+    ]
+    line: Callable[[list[str]], str] = lambda values: "  ".join(  # noqa: E731
+        value.ljust(width) for value, width in zip(values, widths, strict=True)
+    ).rstrip()
+    print(line(headers))
+    print(line(["-" * width for width in widths]))
+    for row in cells:
+        print(line(row))
+
+
+def _print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _print_problem(error: CavraError) -> None:
+    print(f"cavra: {error.detail}", file=sys.stderr)
+    for problem in error.problems:
+        where = problem.parameter or problem.pointer or "(document)"
+        print(f"  {where}: {problem.detail}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
