@@ -8,7 +8,7 @@ import re
 
 from cavra_core.errors import FieldProblem, InvalidInput
 
-_KEY = re.compile(r"^(-?\d{1,20}):([a-z]{2,3}_[0-9a-f]{32})$")
+_KEY = re.compile(r"^(\d{1,19}):([a-z]{2,3}_[0-9a-f]{32})$")
 
 
 def encode_cursor(micros: int, row_id: str) -> str:
@@ -23,7 +23,7 @@ def decode_cursor(cursor: str, parameter: str = "cursor") -> tuple[int, str]:
     except (binascii.Error, UnicodeError, ValueError):
         text = ""
     match = _KEY.match(text)
-    if not match:
+    if not match or int(match.group(1)) >= 2**63:
         raise InvalidInput(
             f"{parameter} is not a cursor cavra issued; pass next_cursor from the "
             "previous page unchanged",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -26,6 +26,7 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
 DATE_TIME_HINT = "an RFC 3339 date-time with an offset, e.g. 2026-12-03T10:00:00Z"
+OUT_OF_RANGE = "must lie between 1970-01-01 and 9000-01-01 (UTC)"
 
 format_checker = FormatChecker()
 
@@ -40,13 +41,25 @@ def _is_date_time(value: object) -> bool:
     return True
 
 
+#: Times cavra accepts, in UTC: wide enough for any evidence, narrow enough
+#: that no arithmetic on them can overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def parse_time(value: str) -> datetime:
-    """Parse an RFC 3339 date-time; a value without an offset is refused."""
+    """Parse an RFC 3339 date-time; no offset, or a year out of range, is refused."""
     if not _RFC3339.match(value):
         raise ValueError(f"must be {DATE_TIME_HINT}")
-    parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"must be {DATE_TIME_HINT}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+        if parsed.tzinfo is None:
+            raise ValueError(f"must be {DATE_TIME_HINT}")
+        parsed = parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(OUT_OF_RANGE) from exc
+    if not EARLIEST <= parsed < LATEST:
+        raise ValueError(OUT_OF_RANGE)
     return parsed
 
 
@@ -179,11 +192,14 @@ def _describe(error: jsonschema.ValidationError) -> list[FieldProblem]:
         "minItems": lambda: f"must hold at least {value} items",
         "maxItems": lambda: f"must hold at most {value} items",
         "uniqueItems": lambda: "must not repeat an item",
-        "pattern": lambda: "has characters or a shape this field does not allow "
-        f"(allowed: {value})",
-        "format": lambda: f"must be {DATE_TIME_HINT}"
-        if value == "date-time"
-        else f"must be a valid {value}",
+        "pattern": lambda: (
+            f"has characters or a shape this field does not allow (allowed: {value})"
+        ),
+        "format": lambda: (
+            f"must be {DATE_TIME_HINT}, between 1970 and 9000"
+            if value == "date-time"
+            else f"must be a valid {value}"
+        ),
         "minProperties": lambda: f"must hold at least {value} fields",
         "maxProperties": lambda: f"must hold at most {value} fields",
     }

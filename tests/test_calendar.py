@@ -782,3 +782,60 @@ def test_next_open_is_idempotent(scenario: tuple[dict[str, Any], datetime]) -> N
         return
 
     assert calendar.next_open(opened) == opened
+
+
+def wall_clock_contains(
+    span: tuple[int, int], days: list[str] | None, local: datetime
+) -> bool:
+    """Read a wall-clock span the way a person would, ignoring daylight saving."""
+    start, end = span
+    minute = local.hour * 60 + local.minute + local.second / 60
+    today = DAY_NAMES[local.weekday()]
+    yesterday = DAY_NAMES[(local.weekday() - 1) % 7]
+    on = set(days or DAY_NAMES)
+    if end > start:
+        return today in on and start <= minute < end
+    return (today in on and minute >= start) or (yesterday in on and minute < end)
+
+
+def read_span(text: str) -> tuple[int, int]:
+    start, end = (int(part[:2]) * 60 + int(part[3:]) for part in text.split("-"))
+    return start, end
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenario=scenarios())
+def test_is_open_agrees_with_the_wall_clock_away_from_transitions(
+    scenario: tuple[dict[str, Any], datetime],
+) -> None:
+    schedule, instant = scenario
+    calendar = DeliveryCalendar.from_settings(schedule)
+    assume(calendar is not None)
+    assert calendar is not None
+    zone = ZoneInfo(schedule["timezone"])
+    moment = instant.astimezone(UTC)
+    offsets = {
+        (moment + timedelta(days=days)).astimezone(zone).utcoffset()
+        for days in (-3, 0, 3)
+    }
+    assume(len(offsets) == 1)
+    local = moment.astimezone(zone)
+    days = schedule.get("allowed_days")
+    hours = schedule.get("allowed_hours", ["00:00-24:00"] if days else [])
+    blackouts = schedule.get("blackouts", [])
+
+    allowed = not hours or any(
+        wall_clock_contains(read_span(text), days, local) for text in hours
+    )
+    blacked_out = any(
+        wall_clock_contains(
+            read_span(f"{entry['start']}-{entry['end']}"), entry.get("days"), local
+        )
+        if len(entry["start"]) == 5
+        else datetime.fromisoformat(entry["start"])
+        <= moment
+        < datetime.fromisoformat(entry["end"])
+        for entry in blackouts
+    )
+
+    assert calendar.is_open(instant) == (allowed and not blacked_out)

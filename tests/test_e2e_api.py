@@ -224,8 +224,10 @@ def test_failed_deliveries_are_planned_and_dry_run_over_http(
     assert code == 201, report
     check_output("delivery_report", report)
     outcomes = {d["connector_id"]: d for d in report["deliveries"]}
-    assert {k: (v["outcome"], v["http_status"], v["error_class"]) for k, v in
-            outcomes.items()} == {
+    assert {
+        k: (v["outcome"], v["http_status"], v["error_class"])
+        for k, v in outcomes.items()
+    } == {
         "siem-busy": ("failed", 503, "http_status"),
         "siem-throttled": ("failed", 429, "http_status"),
         "hook-bad-request": ("failed", 400, "http_status"),
@@ -272,9 +274,7 @@ def test_failed_deliveries_are_planned_and_dry_run_over_http(
     assert "1 of 3" in down["explanation"]
     assert decisions["hook-unauthorized"]["failed_status_codes"] == [401]
 
-    code, _, run = api.request(
-        "POST", f"{PREFIX}/worker-run", {"generated_by": "po"}
-    )
+    code, _, run = api.request("POST", f"{PREFIX}/worker-run", {"generated_by": "po"})
 
     assert code == 201, run
     check_output("worker_run", run)

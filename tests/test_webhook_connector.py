@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import socket
 import ssl
@@ -13,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cavra_webhook
 import pluggy
 import pytest
-from cavra_webhook import WebhookConnectorType, raw_retry_after
 from receivers import ScriptedReceiver, close, closed_port_url, delay, status
 
+import cavra_webhook
 from cavra_core import hookspecs
 from cavra_core.types import (
     Connector,
@@ -27,6 +27,7 @@ from cavra_core.types import (
     Delivery,
     DeliveryResult,
 )
+from cavra_webhook import WebhookConnectorType, raw_retry_after
 
 TOKEN_VARIABLE = "CAVRA_TEST_WEBHOOK_TOKEN"
 PACKAGE = {
@@ -304,10 +305,10 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip("the openssl command is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    command = (
+    command = shlex.split(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
         " -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-    ).split()
+    )
     subprocess.run(
         [*command, "-keyout", str(key), "-out", str(cert)],
         check=True,

@@ -3,7 +3,17 @@
 A frozen copy of the models as they were when this migration was written:
 times are integer microseconds since the epoch (UTC), JSON is stored as text.
 """
-from peewee import *
+
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
 
 def up(migrator, db):
     class AuditPackage(Model):
@@ -12,9 +22,11 @@ def up(migrator, db):
         generated_at = BigIntegerField()
         generated_by = CharField(max_length=200)
         received_at = BigIntegerField()
+
         class Meta:
             database = db
-            table_name = 'audit_package'
+            table_name = "audit_package"
+
     db.create_tables([AuditPackage])
 
     class Acknowledgement(Model):
@@ -24,18 +36,22 @@ def up(migrator, db):
         role = CharField(max_length=200)
         state = CharField(max_length=20)
         acknowledged_at = BigIntegerField()
+
         class Meta:
             database = db
-            table_name = 'acknowledgement'
-            indexes = ((('package', 'position'), True),)
+            table_name = "acknowledgement"
+            indexes = ((("package", "position"), True),)
+
     db.create_tables([Acknowledgement])
 
     class Counter(Model):
         name = CharField(primary_key=True, max_length=64)
         value = BigIntegerField(default=0)
+
         class Meta:
             database = db
-            table_name = 'counter'
+            table_name = "counter"
+
     db.create_tables([Counter])
 
     class Lineage(Model):
@@ -53,18 +69,26 @@ def up(migrator, db):
         last_error_class = CharField(null=True, max_length=50)
         last_http_status = IntegerField(null=True)
         last_retry_after_at = BigIntegerField(null=True)
-        failed_status_codes = TextField(default='[]')
-        config_fingerprint = CharField(max_length=64, default='')
+        failed_status_codes = TextField(default="[]")
+        config_fingerprint = CharField(max_length=64, default="")
         closing_reason = CharField(null=True, max_length=50)
         assessment = CharField(null=True, max_length=20)
         eligible_from = BigIntegerField(null=True)
         eligible_until = BigIntegerField(null=True)
         claimed_at = BigIntegerField(null=True)
         version = IntegerField(default=0)
+
         class Meta:
             database = db
-            table_name = 'lineage'
-            indexes = ((('latest_failed', 'lineage_id'), False), (('state', 'assessment', 'eligible_from'), False), (('state', 'assessment', 'eligible_until'), False), (('package', 'connector_id'), True), (('connector_id', 'state'), False))
+            table_name = "lineage"
+            indexes = (
+                (("latest_failed", "lineage_id"), False),
+                (("state", "assessment", "eligible_from"), False),
+                (("state", "assessment", "eligible_until"), False),
+                (("package", "connector_id"), True),
+                (("connector_id", "state"), False),
+            )
+
     db.create_tables([Lineage])
 
     class DeliveryAttempt(Model):
@@ -84,10 +108,17 @@ def up(migrator, db):
         duration_ms = IntegerField()
         source = CharField(max_length=20)
         worker_run_id = CharField(null=True, max_length=40)
+
         class Meta:
             database = db
-            table_name = 'delivery_attempt'
-            indexes = ((('lineage', 'attempt_number'), True), (('started_at', 'attempt_id'), False), (('connector_id', 'started_at', 'attempt_id'), False), (('outcome', 'started_at', 'attempt_id'), False))
+            table_name = "delivery_attempt"
+            indexes = (
+                (("lineage", "attempt_number"), True),
+                (("started_at", "attempt_id"), False),
+                (("connector_id", "started_at", "attempt_id"), False),
+                (("outcome", "started_at", "attempt_id"), False),
+            )
+
     db.create_tables([DeliveryAttempt])
 
     class RetryPlan(Model):
@@ -101,10 +132,12 @@ def up(migrator, db):
         waiting_count = IntegerField()
         suppressed_count = IntegerField()
         alert_level = CharField(max_length=20)
+
         class Meta:
             database = db
-            table_name = 'retry_plan'
-            indexes = ((('generated_at', 'retry_plan_id'), False),)
+            table_name = "retry_plan"
+            indexes = ((("generated_at", "retry_plan_id"), False),)
+
     db.create_tables([RetryPlan])
 
     class RetryDecision(Model):
@@ -124,10 +157,12 @@ def up(migrator, db):
         not_before = BigIntegerField(null=True)
         not_after = BigIntegerField(null=True)
         failed_status_codes = TextField()
+
         class Meta:
             database = db
-            table_name = 'retry_decision'
-            indexes = ((('plan', 'position'), True), (('lineage_id',), False))
+            table_name = "retry_decision"
+            indexes = ((("plan", "position"), True), (("lineage_id",), False))
+
     db.create_tables([RetryDecision])
 
     class WorkerRun(Model):
@@ -149,22 +184,26 @@ def up(migrator, db):
         selected_retry_count = IntegerField()
         executed_count = IntegerField()
         skipped_count = IntegerField()
-        notes = TextField(default='[]')
-        selected_retries = TextField(default='[]')
+        notes = TextField(default="[]")
+        selected_retries = TextField(default="[]")
+
         class Meta:
             database = db
-            table_name = 'worker_run'
-            indexes = ((('started_at', 'run_id'), False), (('dry_run', 'started_at', 'run_id'), False))
+            table_name = "worker_run"
+            indexes = (
+                (("started_at", "run_id"), False),
+                (("dry_run", "started_at", "run_id"), False),
+            )
+
     db.create_tables([WorkerRun])
 
 
 def down(migrator, db):
-    migrator.migrate(migrator.drop_table('worker_run'))
-    migrator.migrate(migrator.drop_table('retry_decision'))
-    migrator.migrate(migrator.drop_table('retry_plan'))
-    migrator.migrate(migrator.drop_table('delivery_attempt'))
-    migrator.migrate(migrator.drop_table('lineage'))
-    migrator.migrate(migrator.drop_table('counter'))
-    migrator.migrate(migrator.drop_table('acknowledgement'))
-    migrator.migrate(migrator.drop_table('audit_package'))
-
+    migrator.migrate(migrator.drop_table("worker_run"))
+    migrator.migrate(migrator.drop_table("retry_decision"))
+    migrator.migrate(migrator.drop_table("retry_plan"))
+    migrator.migrate(migrator.drop_table("delivery_attempt"))
+    migrator.migrate(migrator.drop_table("lineage"))
+    migrator.migrate(migrator.drop_table("counter"))
+    migrator.migrate(migrator.drop_table("acknowledgement"))
+    migrator.migrate(migrator.drop_table("audit_package"))

@@ -179,6 +179,7 @@ class WebhookConnectorType:
                 error.key,
             )
             return self._failed(connector, delivery, "config_error")
+
         headers = {
             **settings.headers,
             "Content-Type": "application/json",

@@ -1,0 +1,29 @@
+"""The API's resources, one small module per noun."""
+
+from __future__ import annotations
+
+from cavra_server.resources.attempts import DeliveryAttempts
+from cavra_server.resources.base import Operation, PathParameter, Resource
+from cavra_server.resources.dashboard import WorkerDashboard
+from cavra_server.resources.deliveries import PackageDeliveries
+from cavra_server.resources.retry_plans import RetryPlan, RetryPlanRequests, RetryPlans
+from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
+from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
+
+__all__ = [
+    "DeliveryAttempts",
+    "Health",
+    "OpenApiDocument",
+    "Operation",
+    "PackageDeliveries",
+    "PathParameter",
+    "Resource",
+    "RetryPlan",
+    "RetryPlanRequests",
+    "RetryPlans",
+    "ServiceIndex",
+    "WorkerDashboard",
+    "WorkerRun",
+    "WorkerRunRequests",
+    "WorkerRuns",
+]
