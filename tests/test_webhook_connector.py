@@ -21,6 +21,7 @@ from receivers import ScriptedReceiver, close, closed_port_url, delay, status
 import cavra_webhook
 from cavra_core import hookspecs
 from cavra_core.types import (
+    FAILURE_CATEGORIES,
     Connector,
     ConnectorConfigError,
     ConnectorType,
@@ -85,6 +86,32 @@ def test_plugin_registers_the_webhook_type_through_pluggy() -> None:
     [[connector_type]] = declared
     assert isinstance(connector_type, ConnectorType)
     assert (connector_type.name, connector_type.category) == ("webhook", "webhook")
+
+
+def test_type_declares_how_its_failures_and_answers_are_read() -> None:
+    connector_type = WebhookConnectorType()
+
+    table = connector_type.classification
+
+    assert set(table.values()) <= set(FAILURE_CATEGORIES)
+    assert table["http:410"] == "receiver_stop"
+    assert table["http:429"] == table["http:503"] == "throttle"
+    for error_class in (
+        "redirect",
+        "tls_error",
+        "invalid_secret",
+        "missing_secret",
+        "config_error",
+    ):
+        assert table[error_class] == "config"
+    for error_class in ("timeout", "connect_timeout", "connection_refused"):
+        assert table[error_class] == "transient"
+    # Statuses are reported as error class http_status: only "http:" keys
+    # may speak for them, or every status would get one category.
+    assert "http_status" not in table
+    assert connector_type.honours_retry_after is True
+    assert connector_type.acknowledgement == "response"
+    assert connector_type.batching == "one package per request"
 
 
 # -- delivered --------------------------------------------------------------
@@ -335,6 +362,35 @@ def test_untrusted_certificate_is_tls_error(
     assert tls_receiver.requests == []
 
 
+def test_probe_of_an_untrusted_certificate_fails_reachable_and_tls(
+    webhook: WebhookConnectorType, tls_receiver: ScriptedReceiver
+) -> None:
+    result = webhook.probe(make_connector(tls_receiver.url + "/hook"))
+
+    checks = {check.name: check for check in result.checks}
+    assert not result.ok
+    assert (checks["reachable"].ok, checks["tls"].ok) == (False, False)
+    assert "tls_error" in checks["reachable"].detail
+    assert "ca_bundle" in checks["tls"].detail
+    assert tls_receiver.requests == []
+
+
+def test_probe_with_the_ca_bundle_passes_tls(
+    webhook: WebhookConnectorType,
+    tls_receiver: ScriptedReceiver,
+    certificate: tuple[Path, Path],
+) -> None:
+    connector = make_connector(tls_receiver.url, ca_bundle=str(certificate[0]))
+
+    result = webhook.probe(connector)
+
+    checks = {check.name: check for check in result.checks}
+    assert result.ok
+    assert checks["tls"].ok and "ca_bundle" in checks["tls"].detail
+    assert "https://127.0.0.1 answered OPTIONS" in checks["reachable"].detail
+    assert str(certificate[0]) not in repr(result)
+
+
 def test_ca_bundle_makes_the_certificate_trusted(
     webhook: WebhookConnectorType,
     tls_receiver: ScriptedReceiver,
@@ -453,6 +509,8 @@ def test_minimal_and_full_settings_are_accepted(
             "connect_timeout_seconds": 2.5,
             "read_timeout_seconds": 300,
             "auth_token_env": "CAVRA_HOOK_TOKEN",
+            "signing_secret_env": "CAVRA_HOOK_SECRET",
+            "signing_secrets_env": ["CAVRA_HOOK_SECRET_OLD", "CAVRA_HOOK_SECRET_NEW"],
             "headers": {"X-Team": "release", "Accept": "application/json"},
             "ca_bundle": str(bundle),
         },
@@ -494,6 +552,40 @@ def test_minimal_and_full_settings_are_accepted(
             {"headers": {"X-Cavra-Attempt": "9"}},
             "hook.headers.X-Cavra-Attempt",
             "cavra",
+        ),
+        ({"headers": {"webhook-id": "x"}}, "hook.headers.webhook-id", "cavra"),
+        (
+            {"headers": {"Webhook-Timestamp": "1"}},
+            "hook.headers.Webhook-Timestamp",
+            "cavra",
+        ),
+        ({"signing_secret_env": "whsec_abc"}, "hook.signing_secret_env", "environment"),
+        ({"signing_secrets_env": "CAVRA_A"}, "hook.signing_secrets_env", "list"),
+        ({"signing_secrets_env": []}, "hook.signing_secrets_env", "unsigned"),
+        (
+            {"signing_secrets_env": ["CAVRA_A", "whsec_abc"]},
+            "hook.signing_secrets_env[1]",
+            "environment",
+        ),
+        (
+            {"signing_secrets_env": ["CAVRA_A", "CAVRA_A"]},
+            "hook.signing_secrets_env",
+            "twice",
+        ),
+        (
+            {"signing_secret_env": "CAVRA_A", "signing_secrets_env": ["CAVRA_A"]},
+            "hook.signing_secrets_env",
+            "twice",
+        ),
+        (
+            {"signing_secrets_env": [f"CAVRA_{n}" for n in "ABCDE"]},
+            "hook.signing_secrets_env",
+            "more than 4",
+        ),
+        (
+            {"auth_token_env": "CAVRA_A", "signing_secrets_env": ["CAVRA_A"]},
+            "hook.auth_token_env",
+            "signing secret",
         ),
         ({"ca_bundle": "/nonexistent/ca.pem"}, "hook.ca_bundle", "PEM"),
         ({"ca_bundle": 3}, "hook.ca_bundle", "PEM"),
