@@ -39,7 +39,8 @@ _SECRET_KEY = re.compile(
     r"(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential|cookie)",
     re.IGNORECASE,
 )
-_RESERVED = ("type", "retry_policy", "schedule")
+_RESERVED = ("type", "retry_policy", "schedule", "retryable_statuses")
+_STATUS_ITEM = re.compile(r"^(!?)(\d{3})(?:-(\d{3}))?$")
 
 
 class ConnectorRegistry:
@@ -86,6 +87,18 @@ def load_connectors_file(path: str | Path | None) -> dict[str, Any]:
         raise ConnectorConfigError(
             str(file), "file not found; pass --connectors or set CAVRA_CONNECTORS"
         ) from exc
+    except IsADirectoryError as exc:
+        raise ConnectorConfigError(
+            str(file), "is a folder; pass the connectors TOML file itself"
+        ) from exc
+    except PermissionError as exc:
+        raise ConnectorConfigError(
+            str(file), "cannot be read (permission denied)"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConnectorConfigError(
+            str(file), "is not UTF-8 text; save it as UTF-8"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConnectorConfigError(str(file), f"is not valid TOML ({exc})") from exc
 
@@ -115,16 +128,16 @@ def _build_connector(
     connector_id: str, table: dict[str, Any], types: Mapping[str, ConnectorType]
 ) -> tuple[Connector, DeliveryCalendar | None]:
     type_name = table.get("type")
-    if not isinstance(type_name, str) or not type_name:
+    if "type" not in table:
         raise ConnectorConfigError(
             f"{connector_id}.type", "is required: the connector type, e.g. 'webhook'"
         )
-    if type_name not in types:
-        known = ", ".join(sorted(types)) or "none installed"
+    known = ", ".join(sorted(types)) or "none installed"
+    if not isinstance(type_name, str) or type_name not in types:
         raise ConnectorConfigError(
             f"{connector_id}.type",
-            f"unknown connector type {type_name!r} (known: {known}); "
-            "install the plugin that provides it",
+            f"must name an installed connector type (one of: {known}); install "
+            "the plugin that provides another",
         )
 
     settings = {key: value for key, value in table.items() if key not in _RESERVED}
@@ -151,6 +164,10 @@ def _build_connector(
             f"{connector_id}.schedule.{exc.key}", exc.message
         ) from exc
 
+    connector_type = types[type_name]
+    classification = dict(getattr(connector_type, "classification", {}) or {})
+    _check_classification(type_name, classification)
+    retryable = table.get("retryable_statuses")
     canonical = json.dumps(table, sort_keys=True, default=str, separators=(",", ":"))
     connector = Connector(
         connector_id=connector_id,
@@ -159,8 +176,59 @@ def _build_connector(
         retry_policy=retry_policy,
         schedule=schedule,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
+        category=str(getattr(connector_type, "category", "") or type_name),
+        classification=classification,
+        retryable_statuses=None
+        if retryable is None
+        else parse_status_ranges(retryable, f"{connector_id}.retryable_statuses"),
+        honours_retry_after=bool(getattr(connector_type, "honours_retry_after", True)),
     )
     return connector, calendar
+
+
+def parse_status_ranges(value: Any, key: str) -> frozenset[int]:
+    """
+    Read a set of HTTP statuses written as ranges with exclusions.
+
+    ``"500-599,!501"`` is every 5xx but 501; items are applied left to right,
+    so ``"!501"`` removes what an earlier range added. A list of such items
+    is accepted too.
+    """
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConnectorConfigError(
+            key, 'must be a string of statuses and ranges, e.g. "500-599,!501"'
+        )
+    statuses: set[int] = set()
+    for item in items:
+        match = _STATUS_ITEM.match(str(item).strip())
+        if not match:
+            raise ConnectorConfigError(
+                key,
+                f"item {str(item).strip()[:20]!r} is not a status (503), a range "
+                "(500-599) or an exclusion (!501)",
+            )
+        exclude, low, high = match.group(1), int(match.group(2)), match.group(3)
+        high_value = int(high) if high else low
+        if not 100 <= low <= high_value <= 599:
+            raise ConnectorConfigError(
+                key, "statuses must lie between 100 and 599, low end first"
+            )
+        chosen = set(range(low, high_value + 1))
+        statuses = statuses - chosen if exclude else statuses | chosen
+    return frozenset(statuses)
+
+
+def _check_classification(type_name: str, table: Mapping[str, str]) -> None:
+    from cavra_core.types import FAILURE_CATEGORIES
+
+    for key, category in table.items():
+        if category not in FAILURE_CATEGORIES:
+            raise ConnectorConfigError(
+                f"connector type {type_name}",
+                f"classification {key!r} maps to {category!r}, which is not one "
+                f"of {', '.join(FAILURE_CATEGORIES)}; fix the plugin",
+            )
 
 
 def _refuse_inline_secrets(connector_id: str, settings: Mapping[str, Any]) -> None:

@@ -10,7 +10,8 @@ retries inside the connector's delivery calendar.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from bisect import bisect_right
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -129,7 +130,7 @@ def cavra_decide_eligibility(
             f"been made, the last failing with {failure}; no retry is left.",
         )
     age = now - lineage.package_generated_at
-    if age > timedelta(hours=policy.max_age_hours):
+    if age > _hours(policy.max_age_hours):
         return Eligibility(
             "suppress",
             "max_age_exceeded",
@@ -162,16 +163,24 @@ def cavra_schedule_retry(
     policy: RetryPolicy,
 ) -> ScheduleWindow:
     delay = jittered_delay_seconds(policy, lineage.lineage_id, lineage.attempt_count)
-    due = lineage.latest.finished_at + timedelta(seconds=delay)
-    window_end = due + timedelta(hours=policy.retry_window_hours)
+    latest = lineage.latest
+    due = latest.finished_at + timedelta(seconds=delay)
     window_end = min(
-        window_end, lineage.package_generated_at + timedelta(hours=policy.max_age_hours)
+        due + _hours(policy.retry_window_hours),
+        lineage.package_generated_at + _hours(policy.max_age_hours),
     )
 
-    retry_after = lineage.latest.retry_after_at
+    retry_after = latest.retry_after_at
     if classification.honours_retry_after and retry_after and retry_after > due:
-        return ScheduleWindow(retry_after, window_end, delay, held_by="retry_after")
-    return ScheduleWindow(due, window_end, delay, held_by="delay")
+        return ScheduleWindow(retry_after, window_end, delay, "retry_after")
+    return ScheduleWindow(due, window_end, delay, "delay")
+
+
+@lru_cache(maxsize=64)
+def _hours(hours: float) -> timedelta:
+    # PERF(plan): policies hold a handful of hour counts; building the same
+    # timedelta for every lineage is a measurable share of planning.
+    return timedelta(hours=hours)
 
 
 @lru_cache(maxsize=256)
@@ -195,11 +204,88 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+#: id(connector) -> (connector, calendar); see connector_calendar.
+_calendars_by_connector: dict[int, tuple[Connector, DeliveryCalendar | None]] = {}
+
+
 def connector_calendar(connector: Connector) -> DeliveryCalendar | None:
     """The connector's delivery calendar, built once per configuration."""
     if not connector.schedule:
         return None
-    return _calendar_for(_freeze(connector.schedule))
+    # PERF(plan): freezing the schedule table to look it up costs more than
+    # the calendar check itself, and a plan asks for every lineage. Connector
+    # objects are immutable and few, so remember the answer per object; the
+    # entry keeps the object, so its id cannot be reused while cached.
+    cached = _calendars_by_connector.get(id(connector))
+    if cached is not None and cached[0] is connector:
+        return cached[1]
+    calendar = _calendar_for(_freeze(connector.schedule))
+    if len(_calendars_by_connector) >= 256:
+        _calendars_by_connector.clear()
+    _calendars_by_connector[id(connector)] = (connector, calendar)
+    return calendar
+
+
+class ClosedSpans:
+    """
+    The closed stretches of one delivery calendar met so far.
+
+    ``calendar.next_open(t) == o`` says the calendar is closed throughout
+    ``[t, o)`` and open at ``o``, so for any later ``t'`` before ``o`` the
+    answer is ``o`` again, and the calendar need not be asked.
+
+    PERF(plan): a plan asks the calendar for every lineage of a connector
+    that has one, and most windows of such a connector start while it is
+    closed (nights, weekends), in a few stretches shared by many lineages.
+    Asking a calendar costs a few dozen time-zone conversions.
+    """
+
+    #: Stretches kept per calendar before starting afresh.
+    LIMIT = 1024
+
+    def __init__(self, calendar: DeliveryCalendar) -> None:
+        self.calendar = calendar
+        #: (start, opens) pairs sorted by start; replaced, never changed in
+        #: place, so a reader on another thread always sees a whole list.
+        self._spans: list[tuple[datetime, datetime]] = []
+
+    def next_open(self, moment: datetime) -> datetime | None:
+        """When the calendar next opens if it is closed at ``moment``, else None."""
+        spans = self._spans
+        try:
+            index = bisect_right(spans, (moment, _LATEST)) - 1
+            if index >= 0 and moment < spans[index][1]:
+                return spans[index][1]
+        except TypeError:
+            pass  # a naive time: the calendar refuses it below, as it always has
+        if self.calendar.is_open(moment):
+            return None
+        opens = self.calendar.next_open(moment)
+        self._remember(moment, opens)
+        return opens
+
+    def _remember(self, start: datetime, opens: datetime) -> None:
+        current = self._spans
+        # A stretch ending at the same opening is the same stretch: keep one.
+        starts = [start, *(first for first, end in current if end == opens)]
+        spans = [span for span in current if span[1] != opens]
+        spans.append((min(starts), opens))
+        spans.sort()
+        self._spans = spans if len(spans) <= self.LIMIT else []
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+#: id(calendar) -> its ClosedSpans; calendars are shared and immutable.
+_closed_spans: dict[int, ClosedSpans] = {}
+
+
+def closed_spans(calendar: DeliveryCalendar) -> ClosedSpans:
+    found = _closed_spans.get(id(calendar))
+    if found is None or found.calendar is not calendar:
+        if len(_closed_spans) >= 256:
+            _closed_spans.clear()
+        found = _closed_spans[id(calendar)] = ClosedSpans(calendar)
+    return found
 
 
 @hookimpl(trylast=True)
@@ -207,9 +293,11 @@ def cavra_narrow_window(
     connector: Connector, window: ScheduleWindow
 ) -> ScheduleWindow | None:
     calendar = connector_calendar(connector)
-    if calendar is None or calendar.is_open(window.not_before):
+    if calendar is None:
         return None
-    opens = calendar.next_open(window.not_before)
+    opens = closed_spans(calendar).next_open(window.not_before)
+    if opens is None:
+        return None
     shift = opens - window.not_before
     return ScheduleWindow(
         opens, window.not_after + shift, window.delay_seconds, "delivery_window"

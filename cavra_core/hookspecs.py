@@ -113,6 +113,12 @@ def cavra_schedule_retry(
     Called only for lineages that :func:`cavra_decide_eligibility` found
     eligible.
 
+    :param connector: the configured connector of the lineage.
+    :param lineage: the lineage's facts; ``lineage.latest`` is the failure.
+    :param classification: the failure's classification (``honours_retry_after``
+        says whether the receiver's ``Retry-After`` may lengthen the delay).
+    :param policy: the effective :class:`cavra_core.policy.RetryPolicy`.
+    :param now: the evaluation time (UTC); the window may lie before it.
     :return: the window (delay after the latest failure, lengthened by the
         receiver's ``Retry-After`` where honoured), or ``None`` to defer to the
         next plugin. The default applies exponential backoff with a cap.
@@ -133,7 +139,10 @@ def cavra_narrow_window(
     delivery calendar shifts a window past blackouts and outside allowed
     hours, keeping its length.
 
-    :param window: the window computed by :func:`cavra_schedule_retry`.
+    :param connector: the configured connector of the lineage.
+    :param lineage: the lineage's facts.
+    :param window: the window computed by :func:`cavra_schedule_retry`, starting
+        no earlier than the evaluation time.
     :return: a proposed window (``held_by="delivery_window"`` when it moved
         ``not_before``), or ``None`` for no opinion.
     """

@@ -15,8 +15,9 @@ an exception raised by a plugin into :class:`PluginFailure`.
 from __future__ import annotations
 
 import logging
+import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -142,9 +143,7 @@ class PluginHost:
         )
         found = self._classifications.get(key)
         if found is None:
-            found = self._call(
-                "cavra_classify_failure", connector=connector, attempt=attempt
-            )
+            found = self._call("cavra_classify_failure", (connector, attempt))
             if len(self._classifications) > 4096:
                 self._classifications.clear()
             self._classifications[key] = found
@@ -160,11 +159,7 @@ class PluginHost:
     ) -> Eligibility:
         return self._call(
             "cavra_decide_eligibility",
-            connector=connector,
-            lineage=lineage,
-            classification=classification,
-            policy=policy,
-            now=now,
+            (connector, lineage, classification, policy, now),
         )
 
     def schedule_retry(
@@ -176,21 +171,14 @@ class PluginHost:
         now: datetime,
     ) -> ScheduleWindow:
         return self._call(
-            "cavra_schedule_retry",
-            connector=connector,
-            lineage=lineage,
-            classification=classification,
-            policy=policy,
-            now=now,
+            "cavra_schedule_retry", (connector, lineage, classification, policy, now)
         )
 
     def narrow_window(
         self, connector: Connector, lineage: LineageFacts, window: ScheduleWindow
     ) -> ScheduleWindow:
         """Intersect every plugin's proposal; with none, ``window`` stands."""
-        proposals = self._call(
-            "cavra_narrow_window", connector=connector, lineage=lineage, window=window
-        )
+        proposals = self._call("cavra_narrow_window", (connector, lineage, window))
         proposals = [proposal for proposal in proposals if proposal is not None]
         if not proposals:
             return window
@@ -204,13 +192,20 @@ class PluginHost:
             else window.held_by,
         )
 
-    def _call(self, name: str, **kwargs: Any) -> Any:
+    def _call(self, name: str, args: tuple) -> Any:
+        """
+        Call hook ``name`` with ``args``, in the order of its specification.
+
+        A plugin's exception becomes :class:`PluginFailure`; so does a
+        ``firstresult`` hook that nobody answered.
+        """
         plan = self._plans.get(name)
         try:
             if plan is None:
-                result = getattr(self._hook, name)(**kwargs)
+                caller = getattr(self._hook, name)
+                result = caller(**dict(zip(caller.spec.argnames, args, strict=True)))
             else:
-                result = plan(kwargs)
+                result = plan(args)
         except Exception as exc:
             log.warning("plugin raised hook=%s error=%s", name, type(exc).__name__)
             log.debug("plugin traceback hook=%s", name, exc_info=True)
@@ -221,38 +216,63 @@ class PluginHost:
         return result
 
 
-def _call_plan(caller: pluggy.HookCaller) -> Any:
+def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:
     """
     A direct caller for a hook without wrappers, or None to use pluggy's own.
 
-    PERF(plan): a plan asks three hooks for every failed lineage, and pluggy's
-    general call loop (wrappers, argument checks) costs more than the default
-    policy's answer. Without wrappers the loop is simple: implementations in
-    pluggy's order (last registered first, ``tryfirst``/``trylast`` honoured
-    by ``get_hookimpls``), each given only the arguments it names; the first
-    non-None answer for ``firstresult`` hooks, else every answer.
+    PERF(plan): a plan asks three or four hooks for every failed lineage, and
+    pluggy's general call loop (keyword arguments, wrappers, argument checks)
+    costs more than the default policy's answer. Without wrappers the loop is
+    simple: implementations in pluggy's order (last registered first,
+    ``tryfirst``/``trylast`` honoured by ``get_hookimpls``), each given only
+    the arguments it names, picked by position from the arguments in the
+    specification's order; the first non-None answer for ``firstresult``
+    hooks, else every answer.
     """
     impls = caller.get_hookimpls()
-    if any(impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls):
+    if caller.spec is None or any(
+        impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls
+    ):
         return None
-    steps = [(impl.function, impl.argnames) for impl in reversed(impls)]
-    if caller.spec and caller.spec.opts.get("firstresult"):
+    names = caller.spec.argnames
+    steps = [
+        _positional(impl.function, tuple(map(names.index, impl.argnames)), len(names))
+        for impl in reversed(impls)
+    ]
+    if caller.spec.opts.get("firstresult"):
+        if len(steps) == 1:
+            return steps[0]
 
-        def first(kwargs: dict[str, Any]) -> Any:
-            for function, names in steps:
-                result = function(*[kwargs[name] for name in names])
+        def first(args: tuple) -> Any:
+            for step in steps:
+                result = step(args)
                 if result is not None:
                     return result
             return None
 
         return first
 
-    def every(kwargs: dict[str, Any]) -> list[Any]:
+    def every(args: tuple) -> list[Any]:
         results = []
-        for function, names in steps:
-            result = function(*[kwargs[name] for name in names])
+        for step in steps:
+            result = step(args)
             if result is not None:
                 results.append(result)
         return results
 
     return every
+
+
+def _positional(
+    function: Callable[..., Any], positions: tuple[int, ...], arity: int
+) -> Callable[[tuple], Any]:
+    """Call ``function`` with the arguments at ``positions`` of a call's tuple."""
+    if positions == tuple(range(arity)):
+        return lambda args: function(*args)
+    if not positions:
+        return lambda args: function()
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda args: function(args[only])
+    pick = operator.itemgetter(*positions)
+    return lambda args: function(*pick(args))

@@ -266,6 +266,37 @@ class Counter(BaseModel):
     value = peewee.BigIntegerField(default=0)
 
 
+class ConnectorState(BaseModel):
+    """
+    The health of one configured connector, kept across restarts.
+
+    ``state`` is ``active``, ``paused`` (a configuration failure: lifted when
+    the connector's configuration changes or by a resume) or ``disabled``
+    (the receiver asked for no more: lifted only by a resume).
+    """
+
+    connector_id = peewee.CharField(max_length=100, primary_key=True)
+    state = peewee.CharField(max_length=20, default="active")
+    #: A reason code: ``connector_paused``, ``receiver_stop``, ``resumed``...
+    state_reason = peewee.CharField(max_length=50, null=True)
+    #: The error class that changed the state, e.g. ``http_status`` or ``hec_invalid_token``.
+    state_error_class = peewee.CharField(max_length=50, null=True)
+    state_http_status = peewee.IntegerField(null=True)
+    state_changed_at = TimestampField(null=True)
+    state_changed_by = peewee.CharField(max_length=200, null=True)
+    #: The configuration fingerprint in force when the connector was paused.
+    paused_fingerprint = peewee.CharField(max_length=64, null=True)
+    consecutive_failures = peewee.IntegerField(default=0)
+    last_failure_class = peewee.CharField(max_length=50, null=True)
+    last_failure_category = peewee.CharField(max_length=20, null=True)
+    last_failure_at = TimestampField(null=True)
+    last_success_at = TimestampField(null=True)
+    version = peewee.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("state",), False),)
+
+
 MODELS = (
     AuditPackage,
     Acknowledgement,
@@ -275,6 +306,7 @@ MODELS = (
     RetryDecision,
     WorkerRun,
     Counter,
+    ConnectorState,
 )
 
 

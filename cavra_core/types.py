@@ -9,6 +9,7 @@ named tuples because a plan builds hundreds of thousands of them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -53,6 +54,14 @@ class Connector:
     schedule: dict[str, Any] = field(default_factory=dict)
     #: sha256 of the connector's configuration (never of a secret's value).
     fingerprint: str = ""
+    #: The connector type's kind of destination (``siem``, ``webhook``...).
+    category: str = ""
+    #: The connector type's classification table (see :class:`ConnectorType`).
+    classification: Mapping[str, str] = field(default_factory=dict)
+    #: The operator's retryable HTTP statuses (``retryable_statuses``), if set.
+    retryable_statuses: frozenset[int] | None = None
+    #: Whether the receiver's ``Retry-After`` lengthens the delay.
+    honours_retry_after: bool = True
 
     def secret(self, reference_key: str) -> str | None:
         """Read the secret that the setting ``reference_key`` points to."""
@@ -167,13 +176,49 @@ class ScheduleWindow(NamedTuple):
     held_by: str = "delay"
 
 
+class ProbeCheck(NamedTuple):
+    """One check of a probe: ``name`` (reachable, credentials...), pass or fail."""
+
+    name: str
+    ok: bool
+    #: One sentence for the operator; never a secret, a path or a full URL.
+    detail: str
+
+
+class ProbeResult(NamedTuple):
+    """What ``cavra connectors check`` reports for one connector."""
+
+    ok: bool
+    checks: tuple[ProbeCheck, ...]
+
+
 @runtime_checkable
 class ConnectorType(Protocol):
     """
     What a connector plugin provides for one connector type.
 
-    ``name`` is the value of ``type`` in the connectors file; ``category`` says
-    what kind of destination it is (``siem``, ``webhook`` or a plugin's own).
+    Required: ``name`` (the value of ``type`` in the connectors file),
+    ``category`` (``siem``, ``webhook`` or a plugin's own), and the methods
+    :meth:`validate_settings` and :meth:`deliver`. Optional, read with
+    defaults when absent:
+
+    ``classification``
+        A table from failure to category (one of :data:`FAILURE_CATEGORIES`).
+        Keys are the error classes the type reports (``"ack_timeout"``), HTTP
+        statuses (``"http:410"``) and status ranges (``"http:500-599"``).
+        Looked up in that order, narrowest range first, before the default
+        table. Default: empty.
+    ``honours_retry_after``
+        Whether a receiver's ``Retry-After`` lengthens the delay. Default True.
+    ``acknowledgement``
+        How the receiver confirms a delivery: ``response`` (its HTTP answer)
+        or ``indexer_ack`` (a later acknowledgement). Default ``response``.
+    ``batching``
+        One sentence on how deliveries are grouped. Default: one package per
+        request.
+    ``probe(connector)``
+        Check reachability and credentials without delivering evidence;
+        returns a :class:`ProbeResult`.
     """
 
     name: str

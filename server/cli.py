@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import peewee
+
 from cavra_core import CavraError, ConnectorConfigError, Engine, __version__
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import StoreError, describe_url, migrate, open_database
@@ -38,8 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectorConfigError, PluginSetupError, StoreError) as error:
         print(f"cavra: {error}", file=sys.stderr)
         return 2
+    except peewee.OperationalError as error:
+        print(f"cavra: cannot use the database: {_first_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"cavra: {error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def configure_logging(level: str) -> None:
@@ -52,7 +64,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.root.level))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(log_level: str = "warning") -> argparse.ArgumentParser:
+    """The options every store command takes; a new parser per command, so a
+    command's default log level cannot leak into another's."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database",
@@ -66,10 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-level",
-        default=os.environ.get("CAVRA_LOG_LEVEL", "warning"),
+        default=os.environ.get("CAVRA_LOG_LEVEL", log_level),
         choices=["debug", "info", "warning", "error"],
     )
+    return common
 
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            "must be between 0 and 65535 (0: any free port)"
+        )
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cavra",
         description="Recover failed audit-evidence deliveries under governance.",
@@ -78,19 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(log_level="warning", handler=lambda _: _usage(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    api = commands.add_parser("api", parents=[common], help="serve the HTTP API")
+    api = commands.add_parser(
+        "api", parents=[_common_options("info")], help="serve the HTTP API"
+    )
     api.add_argument("--host", default="127.0.0.1", help="address to bind")
-    api.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
-    api.add_argument("--threads", type=int, default=8, help="worker threads")
-    api.set_defaults(handler=command_api, log_level="info")
+    api.add_argument("--port", type=_port, default=8000, help="port (0: any free one)")
+    api.add_argument("--threads", type=_positive, default=8, help="worker threads")
+    api.set_defaults(handler=command_api)
 
     migrate_command = commands.add_parser(
-        "migrate", parents=[common], help="apply pending database migrations"
+        "migrate", parents=[_common_options()], help="apply pending database migrations"
     )
     migrate_command.set_defaults(handler=command_migrate)
 
     plan = commands.add_parser(
-        "plan", parents=[common], help="make a retry plan for every failed delivery"
+        "plan",
+        parents=[_common_options()],
+        help="make a retry plan for every failed delivery",
     )
     _add_actor(plan)
     _add_policy(plan)
@@ -102,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker_commands = worker.add_subparsers(title="worker commands", metavar="COMMAND")
 
     run = worker_commands.add_parser(
-        "run", parents=[common], help="run the worker once (a dry run by default)"
+        "run",
+        parents=[_common_options()],
+        help="run the worker once (a dry run by default)",
     )
     _add_actor(run)
     _add_policy(run)
@@ -131,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_worker_run)
 
     runs = worker_commands.add_parser(
-        "runs", parents=[common], help="list worker runs, newest first"
+        "runs", parents=[_common_options()], help="list worker runs, newest first"
     )
     which = runs.add_mutually_exclusive_group()
     which.add_argument("--dry-run", action="store_true", help="only dry runs")
@@ -141,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(handler=command_worker_runs)
 
     dashboard = commands.add_parser(
-        "dashboard", parents=[common], help="show the worker dashboard"
+        "dashboard", parents=[_common_options()], help="show the worker dashboard"
     )
     dashboard.add_argument("--json", action="store_true", help="print it as JSON")
     dashboard.set_defaults(handler=command_dashboard)
@@ -199,7 +244,14 @@ def _policy(pairs: list[str]) -> dict[str, Any]:
 
 
 def _engine(arguments: argparse.Namespace) -> Engine:
-    return Engine(arguments.database, arguments.connectors)
+    engine = Engine(arguments.database, arguments.connectors)
+    if not len(engine.connectors):
+        print(
+            "cavra: warning: no connectors configured (pass --connectors or set "
+            "CAVRA_CONNECTORS); lineages of unknown connectors only wait",
+            file=sys.stderr,
+        )
+    return engine
 
 
 def command_api(arguments: argparse.Namespace) -> int:

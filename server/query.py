@@ -76,7 +76,7 @@ def read_query(
     values = {parameter.name: parameter.default for parameter in parameters}
 
     for name, raw in req.params.items():
-        shown = name if _SHOWN_NAME.fullmatch(name) else "(unprintable name)"
+        shown = name if _SHOWN_NAME.fullmatch(name) else "unnamed"
         if name not in declared:
             known = ", ".join(declared) or "none"
             problems.append(

@@ -596,7 +596,9 @@ def test_record_attempts_is_all_or_nothing(engine) -> None:
     ]
 
     with pytest.raises(UnprocessableInput) as caught:
-        engine.record_attempts({"packages": [evidence], "attempts": attempts}, now=T0)
+        engine.record_attempts(
+            {"packages": [evidence], "attempts": attempts}, now=T0 + 2 * HOUR
+        )
 
     assert caught.value.problems[0].pointer == "/attempts/2/attempt_number"
     assert row_counts() == counts
@@ -644,7 +646,9 @@ def test_attempt_time_without_offset_is_refused(engine, field) -> None:
     item[field] = "2026-06-01T12:00:00"
 
     with pytest.raises(InvalidInput) as caught:
-        engine.record_attempts({"packages": [evidence], "attempts": [item]}, now=T0)
+        engine.record_attempts(
+            {"packages": [evidence], "attempts": [item]}, now=T0 + 2 * HOUR
+        )
 
     assert f"/attempts/0/{field}" in [p.pointer for p in caught.value.problems]
     assert DeliveryAttempt.select().count() == 0
