@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -32,7 +33,14 @@ from typing import Any
 
 from cavra_core.calendar import CalendarError, DeliveryCalendar
 from cavra_core.policy import DEFAULT_POLICY, PolicyError
-from cavra_core.types import Connector, ConnectorConfigError, ConnectorType
+from cavra_core.types import (
+    FAILURE_CATEGORIES,
+    Connector,
+    ConnectorConfigError,
+    ConnectorType,
+)
+
+log = logging.getLogger(__name__)
 
 _CONNECTOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 _SECRET_KEY = re.compile(
@@ -41,6 +49,9 @@ _SECRET_KEY = re.compile(
 )
 _RESERVED = ("type", "retry_policy", "schedule", "retryable_statuses")
 _STATUS_ITEM = re.compile(r"^(!?)(\d{3})(?:-(\d{3}))?$")
+_ERROR_CLASS = re.compile(r"[a-z][a-z0-9_]{0,49}")
+_TYPE_NAME = _ERROR_CLASS
+_STATUS_KEY = re.compile(r"http:(\d{3})(?:-(\d{3}))?")
 
 
 class ConnectorRegistry:
@@ -106,7 +117,15 @@ def load_connectors_file(path: str | Path | None) -> dict[str, Any]:
 def build_registry(
     document: Mapping[str, Any], types: Mapping[str, ConnectorType]
 ) -> ConnectorRegistry:
-    """Validate every connector table and build the registry."""
+    """
+    Validate every connector table and build the registry.
+
+    Every installed type is checked first (see :func:`check_connector_type`),
+    whether a connector uses it or not, so that a plugin's mistake stops
+    start-up instead of surfacing once a connector of that type is configured.
+    """
+    for type_name, connector_type in types.items():
+        check_connector_type(type_name, connector_type)
     connectors: dict[str, Connector] = {}
     calendars: dict[str, DeliveryCalendar | None] = {}
     for connector_id, table in document.items():
@@ -142,7 +161,23 @@ def _build_connector(
 
     settings = {key: value for key, value in table.items() if key not in _RESERVED}
     _refuse_inline_secrets(connector_id, settings)
-    types[type_name].validate_settings(connector_id, settings)
+    try:
+        types[type_name].validate_settings(connector_id, settings)
+    except ConnectorConfigError:
+        raise
+    except Exception as exc:  # a plugin must raise ConnectorConfigError only
+        log.warning(
+            "validate_settings raised connector_id=%s type=%s error=%s",
+            connector_id,
+            type_name,
+            type(exc).__name__,
+        )
+        raise ConnectorConfigError(
+            connector_id,
+            f"the {type_name!r} connector plugin failed while checking these "
+            f"settings ({type(exc).__name__}); check them against the plugin's "
+            "documentation, or report the plugin's bug",
+        ) from exc
 
     retry_policy = table.get("retry_policy", {})
     if not isinstance(retry_policy, dict):
@@ -165,8 +200,9 @@ def _build_connector(
         ) from exc
 
     connector_type = types[type_name]
-    classification = dict(getattr(connector_type, "classification", {}) or {})
-    _check_classification(type_name, classification)
+    classification = check_classification(
+        type_name, getattr(connector_type, "classification", None)
+    )
     retryable = table.get("retryable_statuses")
     canonical = json.dumps(table, sort_keys=True, default=str, separators=(",", ":"))
     connector = Connector(
@@ -219,20 +255,88 @@ def parse_status_ranges(value: Any, key: str) -> frozenset[int]:
     return frozenset(statuses)
 
 
-def _check_classification(type_name: str, table: Mapping[str, str]) -> None:
-    from cavra_core.types import FAILURE_CATEGORIES
+def check_connector_type(type_name: str, connector_type: Any) -> None:
+    """
+    Check what a plugin declares about one connector type, before any use.
 
+    The name must be a short code (it appears in every document about the
+    connector), the methods must be there, and the optional attributes must
+    have the documented shapes.
+
+    :raises ConnectorConfigError: naming the type and what to fix.
+    """
+    where = f"connector type {str(type_name)[:60]}"
+    fix = "; fix the plugin, or block it with CAVRA_DISABLED_PLUGINS"
+    if not isinstance(type_name, str) or not _TYPE_NAME.fullmatch(type_name):
+        raise ConnectorConfigError(
+            where,
+            "a type name is 1-50 lower-case letters, digits and '_', starting "
+            f"with a letter{fix}",
+        )
+    for method in ("validate_settings", "deliver"):
+        if not callable(getattr(connector_type, method, None)):
+            raise ConnectorConfigError(where, f"has no {method}() method{fix}")
+    for attribute in ("category", "acknowledgement", "batching"):
+        value = getattr(connector_type, attribute, None)
+        limit = 200 if attribute == "batching" else 50
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise ConnectorConfigError(
+                where,
+                f"{attribute} must be a string of at most {limit} characters{fix}",
+            )
+    check_classification(type_name, getattr(connector_type, "classification", None))
+
+
+def check_classification(type_name: str, table: Any) -> dict[str, str]:
+    """
+    Check a connector type's classification table; a copy of it.
+
+    Keys are error classes (``ack_timeout``), HTTP statuses (``http:410``) or
+    status ranges (``http:500-599``); values are failure categories.
+
+    :raises ConnectorConfigError: naming the type, for a table that is not a
+        mapping, a key of none of those forms, or an unknown category.
+    """
+    where = f"connector type {type_name}"
+    fix = "; fix the plugin, or block it with CAVRA_DISABLED_PLUGINS"
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise ConnectorConfigError(
+            where, f"classification must be a mapping of failure to category{fix}"
+        )
+    checked: dict[str, str] = {}
     for key, category in table.items():
+        if not isinstance(key, str) or not _classification_key_ok(key):
+            raise ConnectorConfigError(
+                where,
+                f"classification key {str(key)[:60]!r} is neither an error class "
+                "(lower-case letters, digits and '_'), 'http:NNN' nor "
+                f"'http:NNN-NNN'{fix}",
+            )
         if category not in FAILURE_CATEGORIES:
             raise ConnectorConfigError(
-                f"connector type {type_name}",
-                f"classification {key!r} maps to {category!r}, which is not one "
-                f"of {', '.join(FAILURE_CATEGORIES)}; fix the plugin",
+                where,
+                f"classification {key!r} maps to {str(category)[:60]!r}, which is "
+                f"not one of {', '.join(FAILURE_CATEGORIES)}{fix}",
             )
+        checked[key] = category
+    return checked
+
+
+def _classification_key_ok(key: str) -> bool:
+    if _ERROR_CLASS.fullmatch(key):
+        return True
+    match = _STATUS_KEY.fullmatch(key)
+    if not match:
+        return False
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    return 100 <= low <= high <= 599
 
 
 def _refuse_inline_secrets(connector_id: str, settings: Mapping[str, Any]) -> None:
-    for key, value in settings.items():
+    for key in settings:
         if key.endswith("_env") or not _SECRET_KEY.search(key):
             continue
         raise ConnectorConfigError(

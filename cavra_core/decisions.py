@@ -11,7 +11,9 @@ the window with the evaluation time. Reasons take precedence in this order
 3. Eligibility from the plugins, by default: ``max_attempts_reached`` or the
    recorded closing reason for lineages already closed, ``receiver_stop``,
    ``permanent_failure``, ``max_attempts_reached``, ``max_age_exceeded``
-   (suppress) and ``connector_paused`` (wait).
+   (suppress), ``connector_disabled`` and ``connector_paused`` (wait: the
+   connector's health, or a configuration failure under an unchanged
+   configuration).
 4. ``retry_after_beyond_window`` (suppress): the receiver's ``Retry-After``
    lands after the retry window closes.
 5. ``window_expired`` (suppress): the retry window has closed.
@@ -40,6 +42,7 @@ REASON_CODES = (
     "permanent_failure",
     "max_attempts_reached",
     "max_age_exceeded",
+    "connector_disabled",
     "connector_paused",
     "retry_after_beyond_window",
     "window_expired",

@@ -11,6 +11,7 @@ retries inside the connector's delivery calendar.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -65,22 +66,90 @@ def classify_status(status: int) -> tuple[str, str]:
 
 
 @hookimpl(trylast=True)
-def cavra_classify_failure(attempt: AttemptFacts) -> FailureClassification:
+def cavra_classify_failure(
+    connector: Connector, attempt: AttemptFacts
+) -> FailureClassification:
+    """
+    Classify by, in this order: the operator's ``retryable_statuses``, the
+    connector type's classification table, then the default table.
+
+    ``retryable_statuses`` applies to attempts with a status of 300 or more:
+    a listed status is retried, an unlisted one that the default table would
+    retry is permanent, and any other is left to the tables.
+    """
     error_class = attempt.error_class or "unknown"
-    if attempt.http_status is not None:
-        category, note = classify_status(attempt.http_status)
-        return FailureClassification(error_class, category, note=note)
+    status = attempt.http_status
+    honours = connector.honours_retry_after
+
+    retryable = connector.retryable_statuses
+    # A failure that came with a 1xx or 2xx status (an acknowledgement that
+    # never arrived, an answer that was not the receiver's) failed for a
+    # reason other than its status: the status lists do not speak about it.
+    if retryable is not None and status is not None and status >= 300:
+        if status in retryable:
+            category = "throttle" if status in THROTTLE_STATUSES else "transient"
+            note = "the connector's retryable_statuses list it"
+            return FailureClassification(error_class, category, honours, note)
+        default, _ = classify_status(status)
+        if default in ("transient", "throttle"):
+            note = "the connector's retryable_statuses leave it out"
+            return FailureClassification(error_class, "permanent", honours, note)
+
+    declared = declared_category(connector.classification, error_class, status)
+    if declared is not None:
+        note = _CATEGORY_NOTES[declared]
+        return FailureClassification(error_class, declared, honours, note)
+
+    if status is not None:
+        category, note = classify_status(status)
+        return FailureClassification(error_class, category, honours, note)
     if error_class in CONFIG_ERRORS:
-        return FailureClassification(
-            error_class, "config", note="the connector's configuration must change"
-        )
+        note = "the connector's configuration must change"
+        return FailureClassification(error_class, "config", honours, note)
     if error_class in TRANSIENT_ERRORS:
-        return FailureClassification(
-            error_class, "transient", note="the receiver could not be reached"
-        )
-    return FailureClassification(
-        error_class, "transient", note="an unrecognised failure, retried with care"
-    )
+        note = "the receiver could not be reached"
+        return FailureClassification(error_class, "transient", honours, note)
+    note = "an unrecognised failure, retried with care"
+    return FailureClassification(error_class, "transient", honours, note)
+
+
+_CATEGORY_NOTES = {
+    "transient": "the connector type reads it as passing",
+    "throttle": "the receiver is busy or rate-limiting",
+    "config": "the connector's configuration or credentials must change",
+    "permanent": "the receiver will refuse this request every time",
+    "receiver_stop": "the receiver asked for no more deliveries",
+}
+
+
+def declared_category(
+    table: Mapping[str, str], error_class: str | None, status: int | None
+) -> str | None:
+    """
+    Look a failure up in a connector type's classification table.
+
+    The error class first, then ``http:<status>``, then the narrowest
+    ``http:<low>-<high>`` range holding the status.
+    """
+    if not table:
+        return None
+    if error_class and error_class in table:
+        return table[error_class]
+    if status is None:
+        return None
+    exact = table.get(f"http:{status}")
+    if exact is not None:
+        return exact
+    best: tuple[int, str] | None = None
+    for key, category in table.items():
+        low, separator, high = key.removeprefix("http:").partition("-")
+        if not key.startswith("http:") or not separator:
+            continue
+        if low.isdigit() and high.isdigit() and int(low) <= status <= int(high):
+            width = int(high) - int(low)
+            if best is None or width < best[0]:
+                best = (width, category)
+    return best[1] if best else None
 
 
 @hookimpl(trylast=True)
@@ -137,8 +206,33 @@ def cavra_decide_eligibility(
             f"The evidence was generated {format_duration(age)} ago, past the "
             f"{policy.max_age_hours:g}-hour limit for retries.",
         )
+    kept = f"keeping {policy.max_retry_attempts - attempts} of " + (
+        f"{policy.max_retry_attempts} attempts"
+    )
+    health = connector.health
+    if health is not None and health.state == "disabled":
+        cause = _state_cause(health.error_class, health.http_status)
+        return Eligibility(
+            "wait",
+            "connector_disabled",
+            f"Attempt {attempts} failed with {failure}. Connector "
+            f"{connector.connector_id} is disabled because its receiver asked for "
+            f"no more deliveries ({cause}); retries wait until someone resumes "
+            f"it, {kept}.",
+        )
+    if health is not None and health.state == "paused":
+        cause = _state_cause(health.error_class, health.http_status)
+        return Eligibility(
+            "wait",
+            "connector_paused",
+            f"Attempt {attempts} failed with {failure}. Connector "
+            f"{connector.connector_id} is paused after a configuration failure "
+            f"({cause}); retries wait until its configuration changes or someone "
+            f"resumes it, {kept}.",
+        )
     if (
-        classification.category == "config"
+        health is None
+        and classification.category == "config"
         and lineage.config_fingerprint == connector.fingerprint
     ):
         return Eligibility(
@@ -146,14 +240,22 @@ def cavra_decide_eligibility(
             "connector_paused",
             f"Attempt {attempts} failed with {failure} ({classification.note}); "
             f"retries to {connector.connector_id} wait until its configuration "
-            f"changes, keeping {policy.max_retry_attempts - attempts} of "
-            f"{policy.max_retry_attempts} attempts.",
+            f"changes, {kept}.",
         )
     return Eligibility(
         "retry",
         "eligible",
         f"Attempt {attempts} of {policy.max_retry_attempts} failed with {failure}.",
     )
+
+
+def _state_cause(error_class: str | None, http_status: int | None) -> str:
+    """What paused a connector, as people read it: 'HTTP 401', 'tls_error'."""
+    if error_class in (None, "http_status"):
+        return describe_failure(http_status, error_class)
+    if http_status is None:
+        return error_class
+    return f"{error_class}, HTTP {http_status}"
 
 
 @hookimpl(trylast=True)
@@ -226,65 +328,75 @@ def connector_calendar(connector: Connector) -> DeliveryCalendar | None:
     return calendar
 
 
-class ClosedSpans:
+class CalendarMemo:
     """
-    The closed stretches of one delivery calendar met so far.
+    What one delivery calendar has answered so far, to avoid asking again.
 
-    ``calendar.next_open(t) == o`` says the calendar is closed throughout
-    ``[t, o)`` and open at ``o``, so for any later ``t'`` before ``o`` the
-    answer is ``o`` again, and the calendar need not be asked.
+    A calendar is an immutable function of the instant, so two kinds of
+    answers can be reused exactly:
+
+    * an instant found open stays open (a plan asks about its own ``now`` for
+      every lineage that is already due);
+    * ``calendar.next_open(t) == o`` says the calendar is closed throughout
+      ``[t, o)`` and open at ``o``, so any later ``t'`` before ``o`` gets
+      ``o`` again.
 
     PERF(plan): a plan asks the calendar for every lineage of a connector
-    that has one, and most windows of such a connector start while it is
-    closed (nights, weekends), in a few stretches shared by many lineages.
-    Asking a calendar costs a few dozen time-zone conversions.
+    that has one; asking costs a few dozen time-zone conversions, and the
+    answers repeat (one ``now``, a few nights and weekends).
     """
 
-    #: Stretches kept per calendar before starting afresh.
+    #: Answers of each kind kept per calendar before starting afresh.
     LIMIT = 1024
 
     def __init__(self, calendar: DeliveryCalendar) -> None:
         self.calendar = calendar
+        self._open: set[datetime] = set()
         #: (start, opens) pairs sorted by start; replaced, never changed in
         #: place, so a reader on another thread always sees a whole list.
-        self._spans: list[tuple[datetime, datetime]] = []
+        self._closed: list[tuple[datetime, datetime]] = []
 
     def next_open(self, moment: datetime) -> datetime | None:
         """When the calendar next opens if it is closed at ``moment``, else None."""
-        spans = self._spans
+        closed = self._closed
         try:
-            index = bisect_right(spans, (moment, _LATEST)) - 1
-            if index >= 0 and moment < spans[index][1]:
-                return spans[index][1]
+            if moment in self._open:
+                return None
+            index = bisect_right(closed, (moment, _LATEST)) - 1
+            if index >= 0 and moment < closed[index][1]:
+                return closed[index][1]
         except TypeError:
             pass  # a naive time: the calendar refuses it below, as it always has
         if self.calendar.is_open(moment):
+            if len(self._open) >= self.LIMIT:
+                self._open = set()
+            self._open.add(moment)
             return None
         opens = self.calendar.next_open(moment)
-        self._remember(moment, opens)
+        self._remember_closed(moment, opens)
         return opens
 
-    def _remember(self, start: datetime, opens: datetime) -> None:
-        current = self._spans
+    def _remember_closed(self, start: datetime, opens: datetime) -> None:
+        current = self._closed
         # A stretch ending at the same opening is the same stretch: keep one.
         starts = [start, *(first for first, end in current if end == opens)]
         spans = [span for span in current if span[1] != opens]
         spans.append((min(starts), opens))
         spans.sort()
-        self._spans = spans if len(spans) <= self.LIMIT else []
+        self._closed = spans if len(spans) <= self.LIMIT else []
 
 
 _LATEST = datetime.max.replace(tzinfo=UTC)
-#: id(calendar) -> its ClosedSpans; calendars are shared and immutable.
-_closed_spans: dict[int, ClosedSpans] = {}
+#: id(calendar) -> its memo; calendars are shared and immutable.
+_calendar_memos: dict[int, CalendarMemo] = {}
 
 
-def closed_spans(calendar: DeliveryCalendar) -> ClosedSpans:
-    found = _closed_spans.get(id(calendar))
+def calendar_memo(calendar: DeliveryCalendar) -> CalendarMemo:
+    found = _calendar_memos.get(id(calendar))
     if found is None or found.calendar is not calendar:
-        if len(_closed_spans) >= 256:
-            _closed_spans.clear()
-        found = _closed_spans[id(calendar)] = ClosedSpans(calendar)
+        if len(_calendar_memos) >= 256:
+            _calendar_memos.clear()
+        found = _calendar_memos[id(calendar)] = CalendarMemo(calendar)
     return found
 
 
@@ -295,7 +407,7 @@ def cavra_narrow_window(
     calendar = connector_calendar(connector)
     if calendar is None:
         return None
-    opens = closed_spans(calendar).next_open(window.not_before)
+    opens = calendar_memo(calendar).next_open(window.not_before)
     if opens is None:
         return None
     shift = opens - window.not_before

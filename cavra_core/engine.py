@@ -14,25 +14,23 @@ process holds one open engine at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
 import logging
 import os
 import secrets
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import peewee
 
-from cavra_core import store, validation
+from cavra_core import health, redaction, store, validation
 from cavra_core.connectors import (
     ConnectorRegistry,
     build_registry,
@@ -47,7 +45,8 @@ from cavra_core.errors import (
     UnprocessableInput,
 )
 from cavra_core.paging import decode_cursor, encode_cursor
-from cavra_core.plugins import PluginHost, build_plugin_manager
+from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
+from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
 from cavra_core.policy import DEFAULT_POLICY, PolicyError, RetryPolicy
 from cavra_core.store import (
     Acknowledgement,
@@ -60,7 +59,15 @@ from cavra_core.store import (
     from_micros,
     to_micros,
 )
-from cavra_core.types import AttemptFacts, Delivery, DeliveryResult, LineageFacts
+from cavra_core.types import (
+    AttemptFacts,
+    Connector,
+    Delivery,
+    DeliveryResult,
+    LineageFacts,
+    ProbeCheck,
+    ProbeResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +209,7 @@ class Engine:
         )
         self.hooks = PluginHost(self.plugin_manager)
         self.connector_types = self.hooks.connector_types()
+        self.redaction_rules = tuple(self.hooks.redaction_rules())
 
         if connectors is None:
             connectors = os.environ.get("CAVRA_CONNECTORS") or None
@@ -216,6 +224,11 @@ class Engine:
         self.database = store.open_database(self.database_url)
         if apply_migrations:
             store.migrate(self.database)
+            with self.database.connection_context():
+                health.lift_pauses_after_configuration_change(
+                    {cid: self.connectors.get(cid) for cid in self.connectors},
+                    self.clock(),
+                )
 
     @property
     def backend(self) -> str:
@@ -232,6 +245,16 @@ class Engine:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- input ------------------------------------------------------------------
+
+    def _check_request(self, name: str, request: Mapping[str, Any]) -> None:
+        """
+        Refuse a request that breaks its schema or carries what must never be
+        stored: a credential, a private address, a payload body.
+        """
+        validation.check(name, request)
+        redaction.check_inbound(request, rules=self.redaction_rules)
 
     # -- policies ---------------------------------------------------------------
 
@@ -269,7 +292,7 @@ class Engine:
         A lineage that already has an attempt is not delivered again here: its
         retries go through the retry plan and the worker.
         """
-        validation.check("delivery_request", request)
+        self._check_request("delivery_request", request)
         now = _aware(now, self.clock)
         connector_ids = list(request["connectors"])
         self._require_connectors(connector_ids, "/connectors")
@@ -418,18 +441,18 @@ class Engine:
     def _deliver_first(
         self, package_id: str, connector_id: str, source: str, now: datetime
     ) -> dict[str, Any]:
+        state = health.load_health([connector_id])[connector_id].state
+        if state != health.ACTIVE:
+            # Nothing is claimed: the package is delivered once the connector
+            # is active again and it is sent once more.
+            return _skipped(
+                connector_id,
+                lineage_id_for(package_id, connector_id),
+                f"connector_{state}",
+            )
         lineage_id, skipped = self._claim_first_attempt(package_id, connector_id, now)
         if skipped:
-            return {
-                "connector_id": connector_id,
-                "lineage_id": lineage_id,
-                "attempt_id": None,
-                "attempt_number": None,
-                "outcome": "skipped",
-                "http_status": None,
-                "error_class": None,
-                "skipped_reason": skipped,
-            }
+            return _skipped(connector_id, lineage_id, skipped)
         attempt = self.deliver_attempt(
             lineage_id,
             1,
@@ -525,7 +548,7 @@ class Engine:
         Packages an attempt refers to must be stored already or come in the
         same request under ``packages``.
         """
-        validation.check("attempt_import_request", request)
+        self._check_request("attempt_import_request", request)
         now = _aware(now, self.clock)
         attempts = request["attempts"]
         self._check_import_connectors(attempts, now)
@@ -745,12 +768,26 @@ class Engine:
             "config_fingerprint": connector.fingerprint,
             "version": row.version + 1,
         }
+        category = None
         if failed:
             facts = self._facts_from_row(row, changes)
+            try:
+                category = self.hooks.classify_failure(connector, facts.latest).category
+            except PluginFailure:
+                category = None
+        health.record_outcome(
+            connector,
+            delivered=not failed,
+            error_class=attempt.get("error_class"),
+            http_status=attempt.get("http_status"),
+            category=category,
+            at=finished_at,
+        )
+        if failed:
             decision = evaluate(
                 self.hooks,
                 facts,
-                connector,
+                self.connector_with_health(connector_id),
                 self.policy_for(connector_id, None),
                 row.version + 1,
                 finished_at,
@@ -834,36 +871,40 @@ class Engine:
 
     # -- evaluation -------------------------------------------------------------
 
-    def iter_failed_lineages(self) -> Iterator[tuple[LineageFacts, int]]:
-        """Every lineage whose latest attempt failed, by lineage id, in batches."""
-        after = ""
-        while True:
-            query = (
-                Lineage.select(*_LINEAGE_FIELDS)
-                .where((Lineage.latest_failed == True) & (Lineage.lineage_id > after))  # noqa: E712
-                .order_by(Lineage.latest_failed, Lineage.lineage_id)
-                .limit(BATCH_SIZE)
-            )
-            # PERF(plan): raw rows and hand conversion; model rows cost 3x more.
-            rows = self.database.execute_sql(*query.sql()).fetchall()
-            if not rows:
-                return
+    def iter_failed_lineages(
+        self, batches: Iterable[list[tuple]] | None = None
+    ) -> Iterator[tuple[LineageFacts, int]]:
+        """
+        Every lineage whose latest attempt failed, by lineage id, with its version.
+
+        :param batches: raw row batches from :meth:`failed_lineage_rows` read
+            elsewhere (by a plan writer); by default they are read here.
+        """
+        for rows in self.failed_lineage_rows() if batches is None else batches:
             for row in rows:
                 yield _facts_from_tuple(row), row[-1]
-            after = rows[-1][0]
+
+    def failed_lineage_rows(self) -> Iterator[list[tuple]]:
+        """The failed lineages as raw rows of ``_LINEAGE_FIELDS``, in batches."""
+        # PERF(plan): raw rows and hand conversion; model rows cost 3x more.
+        return read_lineage_rows(self.database, failed_lineage_batch)
 
     def iter_decisions(
-        self, overrides: Mapping[str, Any] | None, now: datetime
+        self,
+        overrides: Mapping[str, Any] | None,
+        now: datetime,
+        batches: Iterable[list[tuple]] | None = None,
     ) -> Iterator[Decision]:
-        # Connector and policy are looked up once per connector, not per lineage.
+        """One decision per failed lineage (see :meth:`iter_failed_lineages`)."""
+        # Connector, its health and policy are looked up once per connector.
         known: dict[str, tuple[Any, RetryPolicy]] = {}
         hooks = self.hooks
-        for facts, version in self.iter_failed_lineages():
+        for facts, version in self.iter_failed_lineages(batches):
             found = known.get(facts.connector_id)
             if found is None:
                 policy = self.policy_for(facts.connector_id, overrides)
                 found = known[facts.connector_id] = (
-                    self.connectors.get(facts.connector_id),
+                    self.connector_with_health(facts.connector_id),
                     policy,
                 )
             yield evaluate(hooks, facts, found[0], found[1], version, now)
@@ -880,47 +921,51 @@ class Engine:
         :meth:`iter_plan_decisions`, so memory stays bounded by the batch size
         however many lineages there are.
         """
-        validation.check("retry_plan_request", request)
+        self._check_request("retry_plan_request", request)
         now = _aware(now, self.clock)
         policy, overrides = self._request_policy(request)
         plan_id = new_id("rp")
         hasher = hashlib.sha256(canonical_json(policy.as_document()).encode())
         counts = {"retry": 0, "wait": 0, "suppress": 0}
 
-        with self.database.atomic():
-            RetryPlan.insert(
-                retry_plan_id=plan_id,
-                plan_hash="",
-                generated_at=now,
-                generated_by=request["generated_by"],
-                policy=policy.as_document(),
-                decision_count=0,
-                retryable_count=0,
-                waiting_count=0,
-                suppressed_count=0,
-                alert_level="healthy",
-            ).execute()
+        plan = {
+            "retry_plan_id": plan_id,
+            "plan_hash": "",
+            "generated_at": now,
+            "generated_by": request["generated_by"],
+            "policy": policy.as_document(),
+            "decision_count": 0,
+            "retryable_count": 0,
+            "waiting_count": 0,
+            "suppressed_count": 0,
+            "alert_level": "healthy",
+        }
+        # The writer owns the plan's one transaction; see cavra_core.plan_writer.
+        with open_plan_writer(self.database, plan, failed_lineage_batch) as writer:
             batch: list[Decision] = []
             position = 0
-            for decision in self.iter_decisions(overrides, now):
+            lineages = writer.lineage_batches()
+            for decision in self.iter_decisions(overrides, now, lineages):
                 counts[decision.action] += 1
                 batch.append(decision)
                 if len(batch) >= BATCH_SIZE:
-                    _insert_decisions(_decision_rows(batch, plan_id, position, hasher))
+                    writer.write(_decision_rows(batch, plan_id, position, hasher))
                     position += len(batch)
                     batch = []
             if batch:
-                _insert_decisions(_decision_rows(batch, plan_id, position, hasher))
+                writer.write(_decision_rows(batch, plan_id, position, hasher))
                 position += len(batch)
             plan_hash = hasher.hexdigest()
-            RetryPlan.update(
-                plan_hash=plan_hash,
-                decision_count=position,
-                retryable_count=counts["retry"],
-                waiting_count=counts["wait"],
-                suppressed_count=counts["suppress"],
-                alert_level=alert_level(counts["retry"], counts["wait"]),
-            ).where(RetryPlan.retry_plan_id == plan_id).execute()
+            writer.finish(
+                {
+                    "plan_hash": plan_hash,
+                    "decision_count": position,
+                    "retryable_count": counts["retry"],
+                    "waiting_count": counts["wait"],
+                    "suppressed_count": counts["suppress"],
+                    "alert_level": alert_level(counts["retry"], counts["wait"]),
+                }
+            )
 
         log.info(
             "retry plan made retry_plan_id=%s decisions=%d retry=%d wait=%d suppress=%d",
@@ -998,7 +1043,7 @@ class Engine:
         default) changes nothing but its own run record. A live run delivers
         only approved decisions.
         """
-        validation.check("worker_run_request", request)
+        self._check_request("worker_run_request", request)
         started_at = _aware(now, self.clock)
         started = time.perf_counter()
         policy, overrides = self._request_policy(request)
@@ -1250,10 +1295,146 @@ class Engine:
             "waiting_count": waiting,
             "suppressed_count": suppressed,
             "alert_level": alert_level(open_now, waiting),
+            "paused_connector_count": self.paused_connector_count(),
             "latest_runs": [_run_document(row, check=False) for row in latest],
         }
         validation.check_output("dashboard", document)
         return document
+
+    # -- connectors -------------------------------------------------------------
+
+    def list_connectors(self) -> dict[str, Any]:
+        """Every configured connector with its health; never a secret or a path."""
+        states = health.load_health(list(self.connectors))
+        items = [
+            self._connector_document(connector_id, states[connector_id])
+            for connector_id in self.connectors
+        ]
+        document = {"items": items}
+        validation.check_output("connector_list", document)
+        return document
+
+    def get_connector(self, connector_id: str) -> dict[str, Any]:
+        if connector_id not in self.connectors:
+            raise NotFound("No connector with that id is configured.")
+        state = health.load_health([connector_id])[connector_id]
+        document = self._connector_document(connector_id, state)
+        validation.check_output("connector", document)
+        return document
+
+    def resume_connector(
+        self,
+        connector_id: str,
+        request: Mapping[str, Any],
+        *,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Make a paused or disabled connector active again (``POST .../resume``)."""
+        self._check_request("connector_resume_request", request)
+        now = _aware(now, self.clock)
+        connector = self.connectors.get(connector_id)
+        if connector is None:
+            raise NotFound("No connector with that id is configured.")
+        with self.database.atomic():
+            state = health.resume(connector, request["generated_by"], now)
+            # Its lineages waiting on the pause are assessed afresh.
+            self._reassess_paused(connector_id, now)
+        document = self._connector_document(connector_id, state)
+        validation.check_output("connector", document)
+        return document
+
+    def connector_with_health(self, connector_id: str) -> Connector | None:
+        """The configured connector carrying its current health, for decisions."""
+        connector = self.connectors.get(connector_id)
+        if connector is None:
+            return None
+        state = health.load_health([connector_id])[connector_id]
+        return dataclasses.replace(connector, health=state)
+
+    def probe_connector(self, connector_id: str) -> dict[str, Any]:
+        """
+        Check a connector's reachability and credentials without delivering.
+
+        Uses the connector type's ``probe``; a type without one says so.
+        """
+        connector = self.connectors.get(connector_id)
+        if connector is None:
+            raise NotFound("No connector with that id is configured.")
+        connector_type = self.connectors.type_of(connector_id)
+        probe = getattr(connector_type, "probe", None)
+        if probe is None:
+            result = ProbeResult(
+                False,
+                (ProbeCheck("probe", False, "this connector type offers no probe"),),
+            )
+        else:
+            try:
+                result = probe(connector)
+            except Exception as exc:  # a probe must report, never raise
+                log.warning(
+                    "probe raised connector_id=%s error=%s",
+                    connector_id,
+                    type(exc).__name__,
+                )
+                result = ProbeResult(
+                    False,
+                    (ProbeCheck("probe", False, f"the probe failed ({type(exc).__name__})"),),
+                )
+        return {
+            "connector_id": connector_id,
+            "ok": bool(result.ok),
+            "checks": [
+                {"name": check.name, "ok": bool(check.ok), "detail": check.detail}
+                for check in result.checks
+            ],
+        }
+
+    def paused_connector_count(self) -> int:
+        states = health.load_health(list(self.connectors))
+        return sum(1 for state in states.values() if state.state != health.ACTIVE)
+
+    def _reassess_paused(self, connector_id: str, now: datetime) -> None:
+        """Move the dashboard's paused lineages of a resumed connector back to open."""
+        rows = Lineage.select().where(
+            (Lineage.connector_id == connector_id)
+            & (Lineage.state == "failed")
+            & (Lineage.assessment == "paused")
+        )
+        for row in rows:
+            store.bump_counters({"lineage:failed:paused": -1, "lineage:failed:retryable": 1})
+            Lineage.update(
+                assessment="retryable",
+                eligible_from=now,
+                eligible_until=now + timedelta(hours=DEFAULT_POLICY.retry_window_hours),
+                version=Lineage.version + 1,
+            ).where(Lineage.lineage_id == row.lineage_id).execute()
+
+    def _connector_document(
+        self, connector_id: str, state: health.ConnectorHealth
+    ) -> dict[str, Any]:
+        connector = self.connectors.get(connector_id)
+        connector_type = self.connectors.type_of(connector_id)
+        return {
+            "connector_id": connector_id,
+            "type": connector.type,
+            "category": connector.category,
+            "endpoint": health.endpoint_of(connector),
+            "acknowledgement": str(
+                getattr(connector_type, "acknowledgement", "response") or "response"
+            ),
+            "honours_retry_after": connector.honours_retry_after,
+            "state": state.state,
+            "state_reason": state.reason,
+            "state_error_class": state.error_class,
+            "state_http_status": state.http_status,
+            "state_changed_at": iso(state.changed_at),
+            "state_changed_by": state.changed_by,
+            "consecutive_failures": state.consecutive_failures,
+            "last_failure_class": state.last_failure_class,
+            "last_failure_category": state.last_failure_category,
+            "last_failure_at": iso(state.last_failure_at),
+            "last_success_at": iso(state.last_success_at),
+        }
 
     def health(self) -> dict[str, Any]:
         self.database.execute_sql("SELECT 1")
@@ -1277,6 +1458,19 @@ def open_engine(
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+def _skipped(connector_id: str, lineage_id: str, reason: str) -> dict[str, Any]:
+    return {
+        "connector_id": connector_id,
+        "lineage_id": lineage_id,
+        "attempt_id": None,
+        "attempt_number": None,
+        "outcome": "skipped",
+        "http_status": None,
+        "error_class": None,
+        "skipped_reason": reason,
+    }
 
 
 def package_hash(package: Mapping[str, Any]) -> str:
@@ -1344,7 +1538,11 @@ def assessment_of(decision: Decision, previous_state: str) -> dict[str, Any]:
             "eligible_from": None,
             "eligible_until": None,
         }
-    if decision.reason in ("connector_paused", "connector_not_configured"):
+    if decision.reason in (
+        "connector_paused",
+        "connector_disabled",
+        "connector_not_configured",
+    ):
         return {
             "state": "failed",
             "closing_reason": None,
@@ -1423,6 +1621,26 @@ def _status_codes_json(codes: tuple[int, ...]) -> str:
     return text
 
 
+def failed_lineage_batch(
+    after: str, *, aliased: bool = False, batches: int = 1
+) -> peewee.ModelSelect:
+    """
+    The next ``batches`` batches of failed lineages after the lineage id ``after``.
+
+    Rows hold ``_LINEAGE_FIELDS``, named ``c0``, ``c1``... when ``aliased``,
+    in lineage id order.
+    """
+    fields = _LINEAGE_FIELDS
+    if aliased:
+        fields = tuple(field.alias(f"c{index}") for index, field in enumerate(fields))
+    return (
+        Lineage.select(*fields)
+        .where((Lineage.latest_failed == True) & (Lineage.lineage_id > after))  # noqa: E712
+        .order_by(Lineage.latest_failed, Lineage.lineage_id)
+        .limit(BATCH_SIZE * batches)
+    )
+
+
 def _facts_from_tuple(row: tuple) -> LineageFacts:
     """LineageFacts from a raw row of ``_LINEAGE_FIELDS`` (times as microseconds)."""
     (
@@ -1477,30 +1695,10 @@ def _facts_from_tuple(row: tuple) -> LineageFacts:
     )
 
 
-_DECISION_FIELDS = (
-    RetryDecision.decision_id,
-    RetryDecision.plan,
-    RetryDecision.position,
-    RetryDecision.lineage_id,
-    RetryDecision.lineage_version,
-    RetryDecision.package_id,
-    RetryDecision.connector_id,
-    RetryDecision.action,
-    RetryDecision.reason,
-    RetryDecision.explanation,
-    RetryDecision.retry_count,
-    RetryDecision.max_retry_attempts,
-    RetryDecision.retry_delay_seconds,
-    RetryDecision.not_before,
-    RetryDecision.not_after,
-    RetryDecision.failed_status_codes,
-)
-
-
 def _decision_values(
     decision: Decision, decision_id: str, plan_id: str, position: int
 ) -> tuple:
-    """One decision as a database row (times as microseconds), ``_DECISION_FIELDS``."""
+    """One decision as a database row: times as microseconds, ``DECISION_COLUMNS``."""
     (
         lineage_id,
         lineage_version,
@@ -1564,44 +1762,6 @@ def _decision_rows(
     canonical = "\n".join([decision.canonical_json() for decision in decisions])
     hasher.update(("\n" + canonical).encode())
     return rows
-
-
-def _insert_decisions(rows: list[tuple]) -> None:
-    """
-    Insert decision rows already in database form (times as microseconds).
-
-    PERF(plan): prepared statements, never the query builder, which costs
-    more than the insert. On SQLite one statement carries as many rows as
-    the variable limit allows: binding them all at once and stepping once is
-    cheaper than ``executemany`` stepping row by row.
-    """
-    if not rows:
-        return
-    database = RetryDecision._meta.database
-    columns = ", ".join(f'"{field.column_name}"' for field in _DECISION_FIELDS)
-    table = RetryDecision._meta.table_name
-    if isinstance(database.obj, peewee.PostgresqlDatabase):
-        from psycopg2.extras import execute_values
-
-        cursor = database.cursor()
-        execute_values(cursor, f'INSERT INTO "{table}" ({columns}) VALUES %s', rows)
-        return
-    width = len(_DECISION_FIELDS)
-    limit = database.connection().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    per_statement = max(1, limit // width)
-    cursor = database.cursor()
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        cursor.execute(
-            _multi_row_insert(table, columns, width, len(chunk)),
-            list(chain.from_iterable(chunk)),
-        )
-
-
-@lru_cache(maxsize=16)
-def _multi_row_insert(table: str, columns: str, width: int, count: int) -> str:
-    row = "(" + ", ".join(["?"] * width) + ")"
-    return f'INSERT INTO "{table}" ({columns}) VALUES ' + ", ".join([row] * count)
 
 
 def _decision_document(row: RetryDecision) -> dict[str, Any]:

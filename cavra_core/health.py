@@ -11,34 +11,20 @@ table and changed in the same transaction as the attempt that caused them.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from cavra_core.store import ConnectorState
-from cavra_core.types import Connector
+from cavra_core.types import Connector, ConnectorHealth
 
 log = logging.getLogger(__name__)
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
-
-
-class ConnectorHealth(NamedTuple):
-    """One connector's health, as decisions and the API see it."""
-
-    state: str = ACTIVE
-    reason: str | None = None
-    error_class: str | None = None
-    http_status: int | None = None
-    changed_at: datetime | None = None
-    changed_by: str | None = None
-    consecutive_failures: int = 0
-    last_failure_class: str | None = None
-    last_failure_category: str | None = None
-    last_failure_at: datetime | None = None
-    last_success_at: datetime | None = None
 
 
 def load_health(connector_ids: Iterable[str]) -> dict[str, ConnectorHealth]:
@@ -70,11 +56,7 @@ def lift_pauses_after_configuration_change(
             continue
         changed = (
             ConnectorState.update(
-                state=ACTIVE,
-                state_reason="configuration_changed",
-                state_changed_at=now,
-                state_changed_by="configuration",
-                paused_fingerprint=None,
+                **_lifted(now, "configuration_changed", "configuration"),
                 version=ConnectorState.version + 1,
             )
             .where(
@@ -104,52 +86,81 @@ def record_outcome(
     """
     Fold one attempt's outcome into the connector's health.
 
-    Runs inside the caller's transaction. Returns the new state when the
-    attempt changed it (``paused`` or ``disabled``), else None.
+    Runs inside the caller's transaction. Counters are changed by expressions
+    and states by conditional updates, so concurrent writers (several workers
+    on one PostgreSQL) neither lose a failure nor undo each other's state.
+    An attempt older than the state's last change (an import of old
+    evidence) does not lift a pause, and a failure older than the latest
+    delivery does not pause or disable: the connector worked after it.
+
+    Returns the new state when the attempt changed it (``active``, ``paused``
+    or ``disabled``), else None.
     """
-    row = _row(connector.connector_id)
-    changes: dict[str, Any] = {"version": row.version + 1}
+    connector_id = connector.connector_id
+    row = _row(connector_id)
+    this = ConnectorState.connector_id == connector_id
     new_state = None
     if delivered:
-        changes.update(consecutive_failures=0, last_success_at=at)
+        ConnectorState.update(
+            consecutive_failures=0,
+            last_success_at=at,
+            version=ConnectorState.version + 1,
+        ).where(this).execute()
         if row.state == PAUSED:
             # A delivery went through: whatever paused the connector is fixed.
-            changes.update(
-                state=ACTIVE,
-                state_reason="delivered",
-                state_changed_at=at,
-                state_changed_by="delivery",
-                paused_fingerprint=None,
+            lifted = (
+                ConnectorState.update(**_lifted(at, "delivered", "delivery"))
+                .where(
+                    this
+                    & (ConnectorState.state == PAUSED)
+                    & (
+                        ConnectorState.state_changed_at.is_null()
+                        | (ConnectorState.state_changed_at <= at)
+                    )
+                )
+                .execute()
             )
+            new_state = ACTIVE if lifted else None
     else:
-        changes.update(
-            consecutive_failures=row.consecutive_failures + 1,
+        ConnectorState.update(
+            consecutive_failures=ConnectorState.consecutive_failures + 1,
             last_failure_class=error_class,
             last_failure_category=category,
             last_failure_at=at,
-        )
+            version=ConnectorState.version + 1,
+        ).where(this).execute()
         target = {"config": PAUSED, "receiver_stop": DISABLED}.get(category or "")
-        if target and row.state != DISABLED and row.state != target:
-            new_state = target
-            changes.update(
-                state=target,
-                state_reason="connector_paused"
-                if target == PAUSED
-                else "receiver_stop",
-                state_error_class=error_class,
-                state_http_status=http_status,
-                state_changed_at=at,
-                state_changed_by="delivery",
-                paused_fingerprint=connector.fingerprint,
+        # A pause may become a disable, never the other way round.
+        from_states = {PAUSED: [ACTIVE], DISABLED: [ACTIVE, PAUSED]}.get(target, [])
+        if row.state in from_states:
+            changed = (
+                ConnectorState.update(
+                    state=target,
+                    state_reason="connector_paused"
+                    if target == PAUSED
+                    else "receiver_stop",
+                    state_error_class=error_class,
+                    state_http_status=http_status,
+                    state_changed_at=at,
+                    state_changed_by="delivery",
+                    paused_fingerprint=connector.fingerprint,
+                )
+                .where(
+                    this
+                    & ConnectorState.state.in_(from_states)
+                    & (
+                        ConnectorState.last_success_at.is_null()
+                        | (ConnectorState.last_success_at <= at)
+                    )
+                )
+                .execute()
             )
-    ConnectorState.update(**changes).where(
-        ConnectorState.connector_id == connector.connector_id
-    ).execute()
+            new_state = target if changed else None
     if new_state:
         log.info(
             "connector %s connector_id=%s error_class=%s status=%s",
             new_state,
-            connector.connector_id,
+            connector_id,
             error_class,
             http_status,
         )
@@ -160,13 +171,7 @@ def resume(connector: Connector, actor: str, now: datetime) -> ConnectorHealth:
     """Make a paused or disabled connector active again; its failures start over."""
     row = _row(connector.connector_id)
     ConnectorState.update(
-        state=ACTIVE,
-        state_reason="resumed",
-        state_error_class=None,
-        state_http_status=None,
-        state_changed_at=now,
-        state_changed_by=actor,
-        paused_fingerprint=None,
+        **_lifted(now, "resumed", actor),
         consecutive_failures=0,
         version=ConnectorState.version + 1,
     ).where(ConnectorState.connector_id == connector.connector_id).execute()
@@ -179,25 +184,74 @@ def resume(connector: Connector, actor: str, now: datetime) -> ConnectorHealth:
 
 
 def endpoint_of(connector: Connector) -> str | None:
-    """Where a connector delivers, reduced to scheme, host and port."""
-    url = connector.settings.get("url")
+    """
+    Where a connector delivers, reduced to ``scheme://host[:port]``.
+
+    Read from a ``url`` setting, or from ``host`` (with ``port`` and
+    ``transport``) for connectors that have no URL. Paths, queries, user
+    information and anything that is not a plain host name or IP address
+    are left out: None is answered rather than something that might be a
+    file path or carry a secret.
+    """
+    settings = connector.settings
+    url = settings.get("url")
     if isinstance(url, str):
         parts = urlsplit(url)
-        if parts.scheme and parts.hostname:
-            port = f":{parts.port}" if parts.port else ""
-            return f"{parts.scheme}://{parts.hostname}{port}"
-        return None
-    host = connector.settings.get("host")
+        try:
+            port = parts.port
+        except ValueError:
+            return None
+        scheme = parts.scheme.lower()
+        return _origin(scheme, parts.hostname, port)
+    host = settings.get("host")
     if isinstance(host, str):
-        scheme = str(connector.settings.get("transport", connector.type))
-        port = connector.settings.get("port")
-        return f"{scheme}://{host}" + (f":{port}" if port else "")
+        scheme = str(settings.get("transport") or connector.type).lower()
+        port = settings.get("port")
+        if isinstance(port, bool) or not isinstance(port, int | None):
+            port = None
+        return _origin(scheme, host, port)
     return None
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,19}")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?"
+)
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> str | None:
+    if not host or not _SCHEME.fullmatch(scheme):
+        return None
+    host = host.lower()
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            return None
+    else:
+        host = f"[{address.compressed}]" if address.version == 6 else str(address)
+    if port is not None and not 0 < port < 65536:
+        return None
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _row(connector_id: str) -> ConnectorState:
     ConnectorState.insert(connector_id=connector_id).on_conflict_ignore().execute()
     return ConnectorState.get_by_id(connector_id)
+
+
+def _lifted(at: datetime, reason: str, by: str) -> dict[str, Any]:
+    """The column values of a connector made active again."""
+    return {
+        "state": ACTIVE,
+        "state_reason": reason,
+        "state_error_class": None,
+        "state_http_status": None,
+        "state_changed_at": at,
+        "state_changed_by": by,
+        "paused_fingerprint": None,
+    }
 
 
 def _health(row: ConnectorState) -> ConnectorHealth:

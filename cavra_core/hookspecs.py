@@ -25,6 +25,7 @@ from typing import Any
 
 import pluggy
 
+from cavra_core.redaction import RedactionRule
 from cavra_core.types import (
     AttemptFacts,
     Connector,
@@ -145,4 +146,22 @@ def cavra_narrow_window(
         no earlier than the evaluation time.
     :return: a proposed window (``held_by="delivery_window"`` when it moved
         ``not_before``), or ``None`` for no opinion.
+    """
+
+
+@hookspec
+def cavra_redaction_rules() -> list[RedactionRule]:
+    """
+    Add refusals to the redaction guard, for secrets only a plugin knows.
+
+    Called by :meth:`cavra_core.plugins.PluginHost.redaction_rules`, whose
+    answer is handed to :func:`cavra_core.redaction.check_inbound` and the
+    scrubbing functions. Combined:
+    every plugin's rules are applied after the built-in checks, so a plugin
+    can refuse more (its receiver's token format, say) but never lift a
+    built-in refusal. A plugin that raises is logged and its rules skipped.
+
+    :return: a list of :class:`cavra_core.redaction.RedactionRule`, whose
+        ``matches(key, value)`` must not raise and whose ``detail`` must not
+        repeat the value; ``None`` or an empty list adds no rule.
     """

@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from cavra_core import default_policy, hookspecs
+from cavra_core.redaction import RedactionRule
 from cavra_core.types import (
     AttemptFacts,
     Connector,
@@ -214,6 +215,40 @@ class PluginHost:
             # The built-in default answers every firstresult hook.
             raise PluginFailure(name, LookupError("no plugin answered"))
         return result
+
+    def redaction_rules(self) -> list[RedactionRule]:
+        """
+        Every plugin's redaction rules, flattened, in hook order.
+
+        A plugin that raises, or answers with something other than rules, is
+        logged and skipped rather than turned into :class:`PluginFailure`:
+        the built-in guard still runs, the other plugins' rules still apply,
+        and one broken plugin does not turn every request into an error.
+        """
+        rules: list[RedactionRule] = []
+        hook = self._hook.cavra_redaction_rules
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                answer = list(impl.function() or ())
+            except Exception as exc:
+                log.warning(
+                    "plugin raised hook=cavra_redaction_rules plugin=%s error=%s",
+                    impl.plugin_name,
+                    type(exc).__name__,
+                )
+                log.debug("plugin traceback plugin=%s", impl.plugin_name, exc_info=True)
+                continue
+            for rule in answer:
+                if isinstance(rule, RedactionRule):
+                    rules.append(rule)
+                else:
+                    log.warning(
+                        "plugin answered a non-rule hook=cavra_redaction_rules "
+                        "plugin=%s type=%s",
+                        impl.plugin_name,
+                        type(rule).__name__,
+                    )
+        return rules
 
 
 def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:

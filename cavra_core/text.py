@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 
 def format_time(value: datetime) -> str:
@@ -39,7 +40,10 @@ def describe_failure(http_status: int | None, error_class: str | None) -> str:
     return error_class or "an unknown error"
 
 
+@lru_cache(maxsize=1024)
 def format_duration_adjective(value: timedelta | float) -> str:
     """The same duration as an adjective: '15-minute', '2-hour'."""
+    # PERF(plan): called with a policy's delay for most decisions of a plan,
+    # and delays take few values.
     count, unit = format_duration(value).split(" ")
     return f"{count}-{unit.rstrip('s')}"

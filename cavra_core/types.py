@@ -62,6 +62,8 @@ class Connector:
     retryable_statuses: frozenset[int] | None = None
     #: Whether the receiver's ``Retry-After`` lengthens the delay.
     honours_retry_after: bool = True
+    #: The connector's health when a decision is made (None when unknown).
+    health: ConnectorHealth | None = None
 
     def secret(self, reference_key: str) -> str | None:
         """Read the secret that the setting ``reference_key`` points to."""
@@ -69,6 +71,27 @@ class Connector:
         if not variable:
             return None
         return os.environ.get(str(variable))
+
+
+class ConnectorHealth(NamedTuple):
+    """
+    One connector's health, as decisions and the API see it.
+
+    ``state`` is ``active``, ``paused`` (a configuration failure) or
+    ``disabled`` (the receiver asked for no more deliveries).
+    """
+
+    state: str = "active"
+    reason: str | None = None
+    error_class: str | None = None
+    http_status: int | None = None
+    changed_at: datetime | None = None
+    changed_by: str | None = None
+    consecutive_failures: int = 0
+    last_failure_class: str | None = None
+    last_failure_category: str | None = None
+    last_failure_at: datetime | None = None
+    last_success_at: datetime | None = None
 
 
 @dataclass(frozen=True)

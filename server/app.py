@@ -54,6 +54,15 @@ def api_routes(
         (api_path("/worker-runs"), resources.WorkerRuns(engine, **options)),
         (api_path("/worker-runs/{run_id}"), resources.WorkerRun(engine, **options)),
         (api_path("/worker-dashboard"), resources.WorkerDashboard(engine, **options)),
+        (api_path("/connectors"), resources.Connectors(engine, **options)),
+        (
+            api_path("/connectors/{connector_id}"),
+            resources.Connector(engine, **options),
+        ),
+        (
+            api_path("/connectors/{connector_id}/resume"),
+            resources.ConnectorResume(engine, **options),
+        ),
     ]
 
 

@@ -185,6 +185,33 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print the page as JSON")
     runs.set_defaults(handler=command_worker_runs)
 
+    connectors = commands.add_parser("connectors", help="the configured connectors")
+    connectors.set_defaults(handler=lambda _: _usage(connectors))
+    connector_commands = connectors.add_subparsers(
+        title="connector commands", metavar="COMMAND"
+    )
+    listing = connector_commands.add_parser(
+        "list", parents=[_common_options()], help="list connectors with their health"
+    )
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    listing.set_defaults(handler=command_connectors_list)
+    check = connector_commands.add_parser(
+        "check",
+        parents=[_common_options()],
+        help="check reachability and credentials without delivering evidence",
+    )
+    check.add_argument("connector_ids", nargs="*", help="connectors (default: all)")
+    check.add_argument("--json", action="store_true", help="print results as JSON")
+    check.set_defaults(handler=command_connectors_check)
+    resume = connector_commands.add_parser(
+        "resume",
+        parents=[_common_options()],
+        help="make a paused or disabled connector active again",
+    )
+    resume.add_argument("connector_id", help="the connector's table name")
+    _add_actor(resume)
+    resume.set_defaults(handler=command_connectors_resume)
+
     dashboard = commands.add_parser(
         "dashboard", parents=[_common_options()], help="show the worker dashboard"
     )
@@ -356,6 +383,70 @@ def command_worker_runs(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_connectors_list(arguments: argparse.Namespace) -> int:
+    with _engine(arguments) as engine:
+        listing = engine.list_connectors()
+    if arguments.json:
+        _print_json(listing)
+        return 0
+    _print_table(
+        ["connector", "type", "endpoint", "state", "failures", "last failure"],
+        [
+            [
+                c["connector_id"],
+                c["type"],
+                c["endpoint"] or "-",
+                c["state"]
+                + (f" ({c['state_reason']})" if c["state"] != "active" else ""),
+                c["consecutive_failures"],
+                c["last_failure_class"] or "-",
+            ]
+            for c in listing["items"]
+        ],
+    )
+    return 0
+
+
+def command_connectors_check(arguments: argparse.Namespace) -> int:
+    """Exit 0 when every checked connector passes, 1 when one fails."""
+    with _engine(arguments) as engine:
+        ids = arguments.connector_ids or list(engine.connectors)
+        _require_connectors(engine, ids)
+        results = [engine.probe_connector(connector_id) for connector_id in ids]
+    if arguments.json:
+        _print_json({"items": results})
+    else:
+        for result in results:
+            verdict = "ok" if result["ok"] else "FAILED"
+            print(f"{result['connector_id']}: {verdict}")
+            for check in result["checks"]:
+                mark = "ok  " if check["ok"] else "FAIL"
+                print(f"  {mark} {check['name']}: {check['detail']}")
+    return 0 if all(result["ok"] for result in results) else 1
+
+
+def command_connectors_resume(arguments: argparse.Namespace) -> int:
+    with _engine(arguments) as engine:
+        _require_connectors(engine, [arguments.connector_id])
+        before = engine.get_connector(arguments.connector_id)["state"]
+        connector = engine.resume_connector(
+            arguments.connector_id, {"generated_by": _actor(arguments)}
+        )
+    print(f"{connector['connector_id']}: {before} -> {connector['state']}")
+    return 0
+
+
+def _require_connectors(engine: Engine, connector_ids: list[str]) -> None:
+    """Refuse ids that name no configured connector, before anything is done."""
+    unknown = [cid for cid in connector_ids if cid not in engine.connectors]
+    if unknown:
+        raise CavraError(
+            f"no connector {unknown[0]!r} is configured; `cavra connectors list` "
+            "shows the configured ones (the tables of --connectors or "
+            "CAVRA_CONNECTORS)"
+        )
+
+
 def command_dashboard(arguments: argparse.Namespace) -> int:
     with _engine(arguments) as engine:
         board = engine.dashboard()
@@ -373,6 +464,7 @@ def command_dashboard(arguments: argparse.Namespace) -> int:
             ["dry runs", board["dry_run_count"]],
             ["live runs", board["executed_count"]],
             ["selected retries (all runs)", board["selected_retry_count"]],
+            ["paused connectors", board["paused_connector_count"]],
         ],
     )
     if board["latest_runs"]:

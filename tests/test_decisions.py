@@ -332,6 +332,22 @@ def test_receiver_asking_to_stop_is_suppressed(open_engine) -> None:
     assert (decision["action"], decision["reason"]) == ("suppress", "receiver_stop")
 
 
+def test_lineages_of_a_connector_whose_receiver_asked_to_stop_wait(
+    open_engine,
+) -> None:
+    """After a receiver_stop, the connector's other lineages wait for a resume."""
+    engine = open_engine(plugins=[ReceiverStopClassifier()])
+    waiting = record_failure(engine, T0, status=503, evidence=package("drill-1"))
+    record_failure(engine, T0 + MINUTE, status=410, evidence=package("drill-2"))
+
+    decisions = {d["lineage_id"]: d for d in plan_decisions(engine, T0 + HOUR)}
+
+    decision = decisions[waiting]
+    assert (decision["action"], decision["reason"]) == ("wait", "connector_disabled")
+    assert "keeping 2 of 3 attempts" in decision["explanation"]
+    assert (decision["not_before"], decision["not_after"]) == (None, None)
+
+
 def test_every_reason_code_is_produced_by_a_test_in_this_module() -> None:
     """Meta-test: each code in REASON_CODES is asserted on somewhere above."""
     with open(__file__, encoding="utf-8") as handle:

@@ -250,7 +250,7 @@ def test_failed_deliveries_are_planned_and_dry_run_over_http(
         "siem-busy": ("wait", "retry_after_pending"),
         "siem-throttled": ("retry", "retry_due"),
         "hook-bad-request": ("suppress", "permanent_failure"),
-        "hook-gone": ("suppress", "permanent_failure"),
+        "hook-gone": ("suppress", "receiver_stop"),
         "hook-unauthorized": ("wait", "connector_paused"),
         "hook-down": ("wait", "delay_not_elapsed"),
         "hook-slow": ("wait", "delay_not_elapsed"),
@@ -305,7 +305,14 @@ def test_failed_deliveries_are_planned_and_dry_run_over_http(
         0,
     )
     assert board["selected_retry_count"] == 1
+    assert board["paused_connector_count"] == 2
     assert board["latest_runs"][0]["run_id"] == run["run_id"]
+
+    code, _, connectors = api.request("GET", f"{PREFIX}/connectors")
+    assert code == 200
+    states = {c["connector_id"]: c["state"] for c in connectors["items"]}
+    assert (states["hook-unauthorized"], states["hook-gone"]) == ("paused", "disabled")
+    assert states["hook-healthy"] == "active"
 
     code, _, runs = api.request("GET", f"{PREFIX}/worker-runs?dry_run=true")
     assert code == 200 and runs["items"][0]["run_id"] == run["run_id"]

@@ -201,10 +201,16 @@ def test_attempts_are_numbered_in_their_lineage(engine) -> None:
 
 
 def arrange_mixed_store(engine) -> None:
-    """One due, one waiting, one paused, one suppressed, one recovered lineage."""
+    """One due, one waiting, one paused, one suppressed, one recovered lineage.
+
+    The 401 goes to its own connector: it pauses that connector, and every
+    lineage of a paused connector waits.
+    """
     record_failure(engine, T0, evidence=package("due"))
     record_failure(engine, T0 + 10 * MINUTE, evidence=package("waiting"))
-    record_failure(engine, T0, status=401, evidence=package("paused"))
+    record_failure(
+        engine, T0, status=401, connector_id="hook-b", evidence=package("paused")
+    )
     record_failure(engine, T0, status=400, evidence=package("permanent"))
     record_failure(engine, T0, evidence=package("recovered"))
     record_success(engine, T0 + 5 * MINUTE, evidence=package("recovered"))

@@ -25,6 +25,7 @@ from cavra_core import (
     ConnectorConfigError,
     Engine,
     FailureClassification,
+    InvalidInput,
     ScheduleWindow,
     default_policy,
     hookimpl,
@@ -32,6 +33,7 @@ from cavra_core import (
 )
 from cavra_core.engine import package_hash
 from cavra_core.plugins import PluginSetupError
+from cavra_core.redaction import RedactionRule
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -41,11 +43,27 @@ HOOK_NAMES = sorted(
     if name.startswith("cavra_")
 )
 DECISION_HOOKS = [
-    name for name in HOOK_NAMES if name != "cavra_register_connector_types"
+    name
+    for name in HOOK_NAMES
+    if name not in ("cavra_register_connector_types", "cavra_redaction_rules")
 ]
 
 
 # -- tiny inline plugins ----------------------------------------------------------
+
+
+class TicketNumberRule:
+    """Adds a redaction rule: internal ticket numbers never enter evidence."""
+
+    @hookimpl
+    def cavra_redaction_rules(self):
+        return [
+            RedactionRule(
+                "ticket",
+                "internal_ticket",
+                lambda key, value: value.startswith("TICKET-"),
+            )
+        ]
 
 
 class MisspeltHookPlugin:
@@ -429,6 +447,24 @@ def test_every_hook_parameter_is_documented() -> None:
     ]
 
     assert missing == []
+
+
+def test_a_plugin_redaction_rule_refuses_matching_input(tmp_path) -> None:
+    """A plugin's rule joins the built-in guard for every request."""
+    engine = Engine(
+        f"sqlite:///{tmp_path}/cavra.db",
+        {},
+        plugins=[TicketNumberRule()],
+        load_entry_points=False,
+    )
+
+    with pytest.raises(InvalidInput) as caught:
+        engine.plan_retries({"generated_by": "TICKET-4711"})
+
+    assert [(p.pointer, p.reason) for p in caught.value.problems] == [
+        ("/generated_by", "internal_ticket")
+    ]
+    engine.close()
 
 
 def test_every_hook_is_exercised_by_a_test_in_this_module() -> None:

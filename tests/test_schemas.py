@@ -225,6 +225,26 @@ RUN = {
     ],
 }
 
+CONNECTOR = {
+    "connector_id": "audit-webhook",
+    "type": "webhook",
+    "category": "webhook",
+    "endpoint": "https://hooks.example.com",
+    "acknowledgement": "response",
+    "honours_retry_after": True,
+    "state": "paused",
+    "state_reason": "connector_paused",
+    "state_error_class": "http_status",
+    "state_http_status": 401,
+    "state_changed_at": WHEN,
+    "state_changed_by": "delivery",
+    "consecutive_failures": 2,
+    "last_failure_class": "http_status",
+    "last_failure_category": "config",
+    "last_failure_at": WHEN,
+    "last_success_at": None,
+}
+
 GOOD: dict[str, list[Any]] = {
     "actor.json": ["a", "Dana Release <dana@example.org>", "x" * 200],
     "connector-id.json": ["splunk-prod", "0", "a" * 100],
@@ -329,9 +349,13 @@ GOOD: dict[str, list[Any]] = {
             "waiting_count": 0,
             "suppressed_count": 0,
             "alert_level": "warning",
+            "paused_connector_count": 1,
             "latest_runs": [RUN],
         }
     ],
+    "connector.json": [CONNECTOR],
+    "connector-list.json": [{"items": [CONNECTOR]}],
+    "connector-resume-request.json": [{"generated_by": "platform-owner"}],
     "health.json": [
         {
             "status": "ok",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cavra_server.resources.attempts import DeliveryAttempts
 from cavra_server.resources.base import Operation, PathParameter, Resource
+from cavra_server.resources.connectors import Connector, ConnectorResume, Connectors
 from cavra_server.resources.dashboard import WorkerDashboard
 from cavra_server.resources.deliveries import PackageDeliveries
 from cavra_server.resources.retry_plans import RetryPlan, RetryPlanRequests, RetryPlans
@@ -11,6 +12,9 @@ from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
 from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
 
 __all__ = [
+    "Connector",
+    "ConnectorResume",
+    "Connectors",
     "DeliveryAttempts",
     "Health",
     "OpenApiDocument",
