@@ -93,7 +93,6 @@ class Decision(NamedTuple):
             "failed_status_codes": list(self.failed_status_codes),
         }
 
-
     def canonical_json(self) -> str:
         """
         The decision as canonical JSON (sorted keys, no spaces), without its id.
@@ -220,9 +219,13 @@ def evaluate(
             connector, lineage, classification, policy, now
         )
         if eligibility.action != "retry":
-            return decision(eligibility.action, eligibility.reason, eligibility.explanation)
+            return decision(
+                eligibility.action, eligibility.reason, eligibility.explanation
+            )
         base = host.schedule_retry(connector, lineage, classification, policy, now)
-        return _time_decision(host, connector, lineage, base, eligibility.explanation, now, decision)
+        return _time_decision(
+            host, connector, lineage, base, eligibility.explanation, now, decision
+        )
     except PluginFailure as failure:
         return decision(
             "suppress",
@@ -289,7 +292,9 @@ def _time_decision(host, connector, lineage, base, lead, now, decision) -> Decis
         opened = f"The receiver's Retry-After ended at {format_time(base.not_before)}"
     else:
         delay_text = format_duration_adjective(base.delay_seconds)
-        opened = f"The {delay_text} backoff delay ended at {format_time(base.not_before)}"
+        opened = (
+            f"The {delay_text} backoff delay ended at {format_time(base.not_before)}"
+        )
     return decision(
         "retry",
         "retry_due",

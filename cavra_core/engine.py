@@ -19,6 +19,7 @@ import hashlib
 import heapq
 import json
 import logging
+import re
 import os
 import secrets
 import time
@@ -118,7 +119,9 @@ def lineage_id_for(package_id: str, connector_id: str) -> str:
 
 
 def canonical_json(document: Any) -> str:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
 
 
 def iso(value: datetime | None) -> str | None:
@@ -224,11 +227,13 @@ class Engine:
         self.database = store.open_database(self.database_url)
         if apply_migrations:
             store.migrate(self.database)
-            with self.database.connection_context():
-                health.lift_pauses_after_configuration_change(
+            with self.database.connection_context(), self.database.atomic():
+                lifted = health.lift_pauses_after_configuration_change(
                     {cid: self.connectors.get(cid) for cid in self.connectors},
                     self.clock(),
                 )
+                for connector_id in lifted:
+                    self._reassess_connector(connector_id)
 
     @property
     def backend(self) -> str:
@@ -258,7 +263,9 @@ class Engine:
 
     # -- policies ---------------------------------------------------------------
 
-    def policy_for(self, connector_id: str, overrides: Mapping[str, Any] | None) -> RetryPolicy:
+    def policy_for(
+        self, connector_id: str, overrides: Mapping[str, Any] | None
+    ) -> RetryPolicy:
         """Defaults, then the connector's own defaults, then the request's values."""
         connector = self.connectors.get(connector_id)
         policy = DEFAULT_POLICY
@@ -327,7 +334,9 @@ class Engine:
         if problems:
             raise UnprocessableInput("Unknown connector id.", problems)
 
-    def _store_packages(self, packages: list[Mapping[str, Any]], now: datetime) -> list[str]:
+    def _store_packages(
+        self, packages: list[Mapping[str, Any]], now: datetime
+    ) -> list[str]:
         """Store packages by content hash; a package already stored is kept as is."""
         ids = []
         with self.database.atomic():
@@ -512,6 +521,7 @@ class Engine:
                 type(exc).__name__,
             )
             result = DeliveryResult(outcome="failed", error_class="connector_error")
+        result = _normal_result(result, row.connector_id)
         elapsed = time.perf_counter() - started
         finished_at = started_at + timedelta(seconds=elapsed)
 
@@ -559,7 +569,9 @@ class Engine:
             known = {
                 row.package_id
                 for row in AuditPackage.select(AuditPackage.package_id).where(
-                    AuditPackage.package_id.in_(list({a["package_id"] for a in attempts}))
+                    AuditPackage.package_id.in_(
+                        list({a["package_id"] for a in attempts})
+                    )
                 )
             }
             for index, item in enumerate(attempts):
@@ -646,11 +658,13 @@ class Engine:
                         "outcome_mismatch",
                     )
                 )
-            if item["outcome"] == "failed" and succeeded:
+            reported_error = item.get("error_class") not in (None, "http_status")
+            if item["outcome"] == "failed" and succeeded and not reported_error:
                 problems.append(
                     FieldProblem(
                         f"/attempts/{index}/outcome",
-                        "is failed, but a 2xx http_status says it was delivered",
+                        "is failed, but a 2xx http_status says it was delivered "
+                        "(give the error_class that made it fail, e.g. ack_timeout)",
                         "outcome_mismatch",
                     )
                 )
@@ -775,7 +789,7 @@ class Engine:
                 category = self.hooks.classify_failure(connector, facts.latest).category
             except PluginFailure:
                 category = None
-        health.record_outcome(
+        health_changed = health.record_outcome(
             connector,
             delivered=not failed,
             error_class=attempt.get("error_class"),
@@ -783,6 +797,8 @@ class Engine:
             category=category,
             at=finished_at,
         )
+        if health_changed:
+            self._reassess_connector(connector_id, exclude=lineage_id)
         if failed:
             decision = evaluate(
                 self.hooks,
@@ -806,7 +822,9 @@ class Engine:
 
         updated = (
             Lineage.update(**changes)
-            .where((Lineage.lineage_id == lineage_id) & (Lineage.version == row.version))
+            .where(
+                (Lineage.lineage_id == lineage_id) & (Lineage.version == row.version)
+            )
             .execute()
         )
         if updated != 1:
@@ -834,7 +852,9 @@ class Engine:
             "retry_after_at": iso(retry_after_at),
             "started_at": iso(started_at),
             "finished_at": iso(finished_at),
-            "duration_ms": max(0, int((finished_at - started_at).total_seconds() * 1000)),
+            "duration_ms": max(
+                0, int((finished_at - started_at).total_seconds() * 1000)
+            ),
             "source": source,
             "worker_run_id": worker_run_id,
             "lineage_state": changes["state"],
@@ -977,7 +997,9 @@ class Engine:
         )
         return self.get_plan(plan_id, with_decisions=False)
 
-    def get_plan(self, retry_plan_id: str, *, with_decisions: bool = True) -> dict[str, Any]:
+    def get_plan(
+        self, retry_plan_id: str, *, with_decisions: bool = True
+    ) -> dict[str, Any]:
         row = RetryPlan.get_or_none(RetryPlan.retry_plan_id == retry_plan_id)
         if row is None:
             raise NotFound(f"No retry plan {retry_plan_id}.")
@@ -1015,17 +1037,23 @@ class Engine:
             micros, row_id = decode_cursor(cursor)
             query = query.where(
                 (RetryPlan.generated_at < micros)
-                | ((RetryPlan.generated_at == micros) & (RetryPlan.retry_plan_id < row_id))
+                | (
+                    (RetryPlan.generated_at == micros)
+                    & (RetryPlan.retry_plan_id < row_id)
+                )
             )
         rows = list(
-            query.order_by(RetryPlan.generated_at.desc(), RetryPlan.retry_plan_id.desc())
-            .limit(limit + 1)
+            query.order_by(
+                RetryPlan.generated_at.desc(), RetryPlan.retry_plan_id.desc()
+            ).limit(limit + 1)
         )
         items = [_plan_summary(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(to_micros(last.generated_at), last.retry_plan_id)
+            next_cursor = encode_cursor(
+                to_micros(last.generated_at), last.retry_plan_id
+            )
         page = {"items": items, "next_cursor": next_cursor}
         validation.check_output("retry_plan_page", page)
         return page
@@ -1260,7 +1288,9 @@ class Engine:
             "lineage:suppressed:suppressed",
             "lineage:exhausted:suppressed",
         )
-        retryable_base = (Lineage.state == "failed") & (Lineage.assessment == "retryable")
+        retryable_base = (Lineage.state == "failed") & (
+            Lineage.assessment == "retryable"
+        )
         open_now = (
             Lineage.select()
             .where(retryable_base & (Lineage.eligible_until > micros))
@@ -1338,7 +1368,7 @@ class Engine:
         with self.database.atomic():
             state = health.resume(connector, request["generated_by"], now)
             # Its lineages waiting on the pause are assessed afresh.
-            self._reassess_paused(connector_id, now)
+            self._reassess_connector(connector_id)
         document = self._connector_document(connector_id, state)
         validation.check_output("connector", document)
         return document
@@ -1378,7 +1408,11 @@ class Engine:
                 )
                 result = ProbeResult(
                     False,
-                    (ProbeCheck("probe", False, f"the probe failed ({type(exc).__name__})"),),
+                    (
+                        ProbeCheck(
+                            "probe", False, f"the probe failed ({type(exc).__name__})"
+                        ),
+                    ),
                 )
         return {
             "connector_id": connector_id,
@@ -1393,21 +1427,61 @@ class Engine:
         states = health.load_health(list(self.connectors))
         return sum(1 for state in states.values() if state.state != health.ACTIVE)
 
-    def _reassess_paused(self, connector_id: str, now: datetime) -> None:
-        """Move the dashboard's paused lineages of a resumed connector back to open."""
-        rows = Lineage.select().where(
-            (Lineage.connector_id == connector_id)
-            & (Lineage.state == "failed")
-            & (Lineage.assessment == "paused")
+    def _reassess_connector(self, connector_id: str, exclude: str | None = None) -> int:
+        """
+        Assess a connector's open lineages afresh after its health changed.
+
+        The dashboard counts from each lineage's assessment; a pause, disable
+        or resume changes what its other lineages may do. Each is decided
+        again as at its latest attempt, under the connector's health now.
+        Runs inside the caller's transaction; returns how many changed.
+        """
+        connector = self.connector_with_health(connector_id)
+        if connector is None:
+            return 0
+        policy = self.policy_for(connector_id, None)
+        query = Lineage.select().where(
+            (Lineage.connector_id == connector_id) & (Lineage.state == "failed")
         )
-        for row in rows:
-            store.bump_counters({"lineage:failed:paused": -1, "lineage:failed:retryable": 1})
-            Lineage.update(
-                assessment="retryable",
-                eligible_from=now,
-                eligible_until=now + timedelta(hours=DEFAULT_POLICY.retry_window_hours),
-                version=Lineage.version + 1,
-            ).where(Lineage.lineage_id == row.lineage_id).execute()
+        if exclude:
+            query = query.where(Lineage.lineage_id != exclude)
+        changed = 0
+        for row in query:
+            facts = self._facts_from_row(row, {})
+            decision = evaluate(
+                self.hooks, facts, connector, policy, row.version, row.last_attempt_at
+            )
+            fresh = assessment_of(decision, row.state)
+            if fresh["state"] != "failed":
+                continue  # closing a lineage is for a new attempt to do
+            same = (
+                fresh["assessment"] == row.assessment
+                and fresh["eligible_from"] == row.eligible_from
+                and fresh["eligible_until"] == row.eligible_until
+            )
+            if same:
+                continue
+            updated = (
+                Lineage.update(
+                    assessment=fresh["assessment"],
+                    eligible_from=fresh["eligible_from"],
+                    eligible_until=fresh["eligible_until"],
+                )
+                .where(
+                    (Lineage.lineage_id == row.lineage_id)
+                    & (Lineage.version == row.version)
+                )
+                .execute()
+            )
+            if updated and fresh["assessment"] != row.assessment:
+                store.bump_counters(
+                    {
+                        f"lineage:failed:{row.assessment or ''}": -1,
+                        f"lineage:failed:{fresh['assessment']}": 1,
+                    }
+                )
+            changed += bool(updated)
+        return changed
 
     def _connector_document(
         self, connector_id: str, state: health.ConnectorHealth
@@ -1460,6 +1534,34 @@ def open_engine(
 # -- helpers ----------------------------------------------------------------------
 
 
+_ERROR_CLASS = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+
+
+def _normal_result(result: Any, connector_id: str) -> DeliveryResult:
+    """
+    A connector's result as cavra can store it: a malformed one is a
+    ``connector_error`` failure, never stored as given.
+    """
+    outcome = getattr(result, "outcome", None)
+    error_class = getattr(result, "error_class", None)
+    status = getattr(result, "http_status", None)
+    retry_after = getattr(result, "retry_after", None)
+    well_formed = (
+        outcome in ("delivered", "failed")
+        and (
+            error_class is None
+            or (isinstance(error_class, str) and _ERROR_CLASS.match(error_class))
+        )
+        and (status is None or (type(status) is int and 100 <= status <= 599))
+        and (retry_after is None or isinstance(retry_after, str))
+        and not (outcome == "delivered" and error_class)
+    )
+    if well_formed:
+        return result
+    log.warning("connector returned a malformed result connector_id=%s", connector_id)
+    return DeliveryResult(outcome="failed", error_class="connector_error")
+
+
 def _skipped(connector_id: str, lineage_id: str, reason: str) -> dict[str, Any]:
     return {
         "connector_id": connector_id,
@@ -1505,7 +1607,9 @@ def alert_level(retryable: int, waiting: int) -> str:
     return "healthy"
 
 
-def aligned_window(moment: datetime, interval_minutes: int) -> tuple[datetime, datetime]:
+def aligned_window(
+    moment: datetime, interval_minutes: int
+) -> tuple[datetime, datetime]:
     """The schedule window holding ``moment``: epoch-aligned multiples of the interval."""
     width = interval_minutes * 60 * 1_000_000
     micros = to_micros(moment)

@@ -213,7 +213,7 @@ def endpoint_of(connector: Connector) -> str | None:
     return None
 
 
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,19}")
+_SCHEME = re.compile(r"[a-z][a-z0-9+._-]{0,49}")
 _HOST_NAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
     r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?"
@@ -233,7 +233,8 @@ def _origin(scheme: str, host: str | None, port: int | None) -> str | None:
         host = f"[{address.compressed}]" if address.version == 6 else str(address)
     if port is not None and not 0 < port < 65536:
         return None
-    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+    endpoint = f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+    return endpoint if len(endpoint) <= 300 else None
 
 
 def _row(connector_id: str) -> ConnectorState:

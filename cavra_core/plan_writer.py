@@ -51,7 +51,7 @@ BatchQuery = Callable[..., Any]
 #: both threads a hand-over of the GIL, which on a busy machine can wait for
 #: the operating system to schedule the other thread; fewer, larger turns
 #: keep that cost small. Memory stays bounded by this many batches.
-BATCHES_PER_TURN = 4
+BATCHES_PER_TURN = 5
 
 #: The columns of a decision row, in the order the rows carry them.
 DECISION_COLUMNS = (

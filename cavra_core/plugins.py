@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,8 @@ import pluggy
 from cavra_core import default_policy, hookspecs
 from cavra_core.redaction import RedactionRule
 from cavra_core.types import (
+    ACTIONS,
+    FAILURE_CATEGORIES,
     AttemptFacts,
     Connector,
     ConnectorType,
@@ -38,6 +41,22 @@ from cavra_core.types import (
 log = logging.getLogger(__name__)
 
 DISABLED_PLUGINS_VARIABLE = "CAVRA_DISABLED_PLUGINS"
+
+
+_REASON = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+
+
+def _is_window(window: object) -> bool:
+    """A plugin's window: aware times, an integer delay."""
+    try:
+        return (
+            window.not_before.utcoffset() is not None
+            and window.not_after.utcoffset() is not None
+            and isinstance(window.delay_seconds, int)
+            and window.delay_seconds >= 0
+        )
+    except AttributeError:
+        return False
 
 
 class PluginSetupError(RuntimeError):
@@ -76,18 +95,24 @@ def build_plugin_manager(
         if name.strip():
             manager.set_blocked(name.strip())
 
-    if load_entry_points:
-        manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
-    for plugin in plugins:
-        manager.register(plugin)
-    manager.register(default_policy, name="cavra.default_policy")
-
     try:
+        if load_entry_points:
+            manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
+        for plugin in plugins:
+            manager.register(plugin)
+        manager.register(default_policy, name="cavra.default_policy")
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or getattr(exc.plugin, "__name__", "?")
         raise PluginSetupError(
-            f"plugin {exc.plugin!r} implements a hook that cavra does not "
-            f"specify: {exc}. Check the hook's name against cavra_core.hookspecs."
+            f"plugin {name!r} does not match cavra's hook specifications: {exc}. "
+            "Check each hook's name and arguments against cavra_core.hookspecs."
+        ) from exc
+    except (ImportError, AttributeError) as exc:
+        raise PluginSetupError(
+            f"a plugin of the entry point group {hookspecs.PROJECT_NAME!r} cannot be "
+            f"loaded ({type(exc).__name__}: {exc}); fix or uninstall it, or block "
+            f"it with {DISABLED_PLUGINS_VARIABLE}"
         ) from exc
     return manager
 
@@ -114,8 +139,21 @@ class PluginHost:
         found: dict[str, ConnectorType] = {}
         owners: dict[str, str] = {}
         for impl in self._hook.cavra_register_connector_types.get_hookimpls():
-            for connector_type in impl.function() or ():
-                name = connector_type.name
+            try:
+                declared = list(impl.function() or ())
+            except Exception as exc:
+                raise PluginSetupError(
+                    f"plugin {impl.plugin_name!r} raised {type(exc).__name__} in "
+                    "cavra_register_connector_types; fix or block it with "
+                    f"{DISABLED_PLUGINS_VARIABLE}"
+                ) from exc
+            for connector_type in declared:
+                name = getattr(connector_type, "name", None)
+                if not isinstance(name, str) or not name:
+                    raise PluginSetupError(
+                        f"plugin {impl.plugin_name!r} declares a connector type "
+                        "without a name; give the type a 'name' attribute"
+                    )
                 if name in found:
                     raise PluginSetupError(
                         f"connector type {name!r} is declared by both "
@@ -145,6 +183,10 @@ class PluginHost:
         found = self._classifications.get(key)
         if found is None:
             found = self._call("cavra_classify_failure", (connector, attempt))
+            if getattr(found, "category", None) not in FAILURE_CATEGORIES:
+                raise PluginFailure(
+                    "cavra_classify_failure", TypeError("not a known failure category")
+                )
             if len(self._classifications) > 4096:
                 self._classifications.clear()
             self._classifications[key] = found
@@ -158,10 +200,22 @@ class PluginHost:
         policy: Any,
         now: datetime,
     ) -> Eligibility:
-        return self._call(
+        answer = self._call(
             "cavra_decide_eligibility",
             (connector, lineage, classification, policy, now),
         )
+        well_formed = (
+            getattr(answer, "action", None) in ACTIONS
+            and isinstance(answer.reason, str)
+            and _REASON.match(answer.reason) is not None
+            and isinstance(answer.explanation, str)
+            and 0 < len(answer.explanation) <= 1000
+        )
+        if not well_formed:
+            raise PluginFailure(
+                "cavra_decide_eligibility", TypeError("not a well-formed eligibility")
+            )
+        return answer
 
     def schedule_retry(
         self,
@@ -171,9 +225,14 @@ class PluginHost:
         policy: Any,
         now: datetime,
     ) -> ScheduleWindow:
-        return self._call(
+        window = self._call(
             "cavra_schedule_retry", (connector, lineage, classification, policy, now)
         )
+        if not _is_window(window):
+            raise PluginFailure(
+                "cavra_schedule_retry", TypeError("not a window of aware times")
+            )
+        return window
 
     def narrow_window(
         self, connector: Connector, lineage: LineageFacts, window: ScheduleWindow
@@ -181,11 +240,16 @@ class PluginHost:
         """Intersect every plugin's proposal; with none, ``window`` stands."""
         proposals = self._call("cavra_narrow_window", (connector, lineage, window))
         proposals = [proposal for proposal in proposals if proposal is not None]
+        if not all(_is_window(proposal) for proposal in proposals):
+            raise PluginFailure(
+                "cavra_narrow_window", TypeError("not a window of aware times")
+            )
         if not proposals:
             return window
         latest = max(proposals, key=lambda proposal: proposal.not_before)
+        # Proposals may only delay or shorten: never open earlier than computed.
         return ScheduleWindow(
-            not_before=latest.not_before,
+            not_before=max(latest.not_before, window.not_before),
             not_after=min(proposal.not_after for proposal in proposals),
             delay_seconds=window.delay_seconds,
             held_by=latest.held_by

@@ -73,6 +73,9 @@ def validate_policy(values: Mapping[str, Any]) -> RetryPolicy:
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise PolicyError(key, "must be a number")
+        if isinstance(value, int) and not low <= value <= high:
+            # Checked before isfinite: a huge integer does not fit a float.
+            raise PolicyError(key, f"must be between {low:g} and {high:g}")
         if not math.isfinite(value):
             raise PolicyError(key, "must be a finite number")
         if integral and value != int(value):
@@ -84,11 +87,16 @@ def validate_policy(values: Mapping[str, Any]) -> RetryPolicy:
     immediate = values["allow_immediate_retry"]
     if not isinstance(immediate, bool):
         raise PolicyError("allow_immediate_retry", "must be true or false")
-    if checked["retry_delay_minutes"] == 0 and not immediate:
-        raise PolicyError(
-            "retry_delay_minutes",
-            "may be 0 only with allow_immediate_retry set to true",
-        )
+    # A delay under one second is an immediate retry, and needs the opt-in,
+    # whether it comes from the base delay or from the cap.
+    for key in ("retry_delay_minutes", "max_delay_minutes"):
+        if checked[key] * 60 < 1 and not immediate:
+            raise PolicyError(
+                key,
+                "must be at least one second (1/60 minute); shorter delays are "
+                "immediate retries, allowed only with allow_immediate_retry set "
+                "to true",
+            )
     return replace(DEFAULT_POLICY, allow_immediate_retry=immediate, **checked)
 
 

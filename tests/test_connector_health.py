@@ -297,15 +297,18 @@ def test_engine_resume_makes_waiting_lineages_retryable(engine, scripted) -> Non
 def test_resume_moves_waiting_lineages_to_retryable_on_the_dashboard(
     engine, scripted
 ) -> None:
-    """The lineages that waited on the pause stop counting as waiting."""
+    """After a resume the dashboard agrees with a plan: due once the delay passed."""
     scripted.results.append(failed(401))
     deliver(engine, "drill-1")
     assert engine.dashboard(now=T0 + MINUTE)["waiting_count"] == 1
 
     engine.resume_connector("hook-a", {"generated_by": "ops-lead"}, now=T0 + MINUTE)
 
-    board = engine.dashboard(now=T0 + 2 * MINUTE)
+    board = engine.dashboard(now=T0 + 20 * MINUTE)
     assert (board["waiting_count"], board["retryable_count"]) == (0, 1)
+    assert decisions_by_drill(engine, T0 + 20 * MINUTE, "drill-1") == {
+        "drill-1": ("retry", "retry_due")
+    }
 
 
 def test_changed_connector_table_lifts_a_pause(open_engine, scripted) -> None:
@@ -728,3 +731,19 @@ def test_cli_refuses_an_unknown_connector_id(
     errors = capsys.readouterr().err
     assert "no connector 'hook-z' is configured" in errors
     assert "cavra connectors list" in errors
+
+
+def test_a_pause_moves_the_connectors_other_lineages_to_waiting(
+    engine, scripted
+) -> None:
+    """The dashboard agrees with a plan when a later failure pauses the connector."""
+    scripted.results.extend([failed(503), failed(401)])
+    deliver(engine, "drill-1")
+    deliver(engine, "drill-2")
+
+    board = engine.dashboard(now=T0 + 20 * MINUTE)
+
+    assert (board["retryable_count"], board["waiting_count"]) == (0, 2)
+    assert decisions_by_drill(engine, T0 + 20 * MINUTE, "drill-1") == {
+        "drill-1": ("wait", "connector_paused")
+    }

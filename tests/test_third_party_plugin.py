@@ -8,7 +8,8 @@ as a child process on a connectors file that uses the plugin's type, and
 checks the whole path: a delivery through the HTTP API lands in the plugin's
 file, the retry plan follows the plugin's classification table and its
 ``cavra_classify_failure`` hook, and ``cavra connectors check`` reports the
-plugin's probe. The distribution is uninstalled at the end, pass or fail.
+plugin's probe. The distribution is uninstalled at the end, pass or fail;
+its names carry a per-run suffix, so concurrent runs in one venv stay apart.
 
 The venv has setuptools but not the ``wheel`` package that setuptools
 releases before 70.1 need to build a wheel, so the distribution carries a
@@ -28,6 +29,7 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,10 +42,14 @@ pytestmark = pytest.mark.e2e
 PREFIX = (
     "/runtime/go-pilot/rollback-drill-notifications/acknowledgements/audit-delivery"
 )
-DISTRIBUTION = "cavra-dropfile-test-plugin"
+#: Unique per test run, so that two runs sharing the venv (two engineers, or
+#: CI jobs on one machine) never install, find or uninstall each other's copy.
+RUN = uuid.uuid4().hex[:8]
+DISTRIBUTION = f"cavra-dropfile-test-{RUN}"
+MODULE = f"cavra_dropfile_{RUN}"
 #: The entry point's name, which is the plugin's name for CAVRA_DISABLED_PLUGINS.
-PLUGIN_NAME = "dropfile-test"
-TYPE_NAME = "dropfile"
+PLUGIN_NAME = f"dropfile-test-{RUN}"
+TYPE_NAME = f"dropfile_{RUN}"
 
 PYPROJECT = f"""
 [build-system]
@@ -57,7 +63,7 @@ version = "0.1.0"
 description = "A connector that appends audit packages to a local file"
 
 [project.entry-points.cavra]
-{PLUGIN_NAME} = "cavra_dropfile"
+{PLUGIN_NAME} = "{MODULE}"
 """
 
 PLUGIN_MODULE = '''
@@ -76,7 +82,7 @@ SETTINGS = ("path", "fail_with")
 
 
 class DropFileType:
-    name = "dropfile"
+    name = "@TYPE_NAME@"
     category = "archive"
     classification = {
         "disk_full": "throttle",
@@ -91,7 +97,7 @@ class DropFileType:
         for key in settings:
             if key not in SETTINGS:
                 raise ConnectorConfigError(
-                    f"{connector_id}.{key}", "is not a dropfile setting; remove it"
+                    f"{connector_id}.{key}", "is not a setting of this type; remove it"
                 )
         path = settings.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
@@ -135,7 +141,7 @@ def cavra_register_connector_types():
 @hookimpl
 def cavra_classify_failure(connector, attempt):
     """A used-up quota never clears by itself: permanent, for this type only."""
-    if connector.type != "dropfile" or attempt.error_class != "quota_exceeded":
+    if connector.type != "@TYPE_NAME@" or attempt.error_class != "quota_exceeded":
         return None
     return FailureClassification(
         "quota_exceeded", "permanent", False, "the archive quota is used up"
@@ -217,7 +223,8 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The dropfile distribution, pip-installed for this module's tests."""
     source = tmp_path_factory.mktemp("dropfile-plugin")
     (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (source / "cavra_dropfile.py").write_text(PLUGIN_MODULE.lstrip())
+    module = PLUGIN_MODULE.replace("@TYPE_NAME@", TYPE_NAME).lstrip()
+    (source / f"{MODULE}.py").write_text(module)
     (source / "inline_backend.py").write_text(INLINE_BACKEND.lstrip())
 
     try:
@@ -334,12 +341,9 @@ def connectors_file(folder: Path) -> Path:
 
 
 def environment(database_url: str, connectors: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "CAVRA_DATABASE_URL": database_url,
-        "CAVRA_CONNECTORS": str(connectors),
-        **extra,
-    }
+    """The child's environment: this one, without a blocked-plugins list."""
+    env = {**os.environ, "CAVRA_DATABASE_URL": database_url}
+    env["CAVRA_CONNECTORS"] = str(connectors)
     env.pop("CAVRA_DISABLED_PLUGINS", None)
     env.update(extra)
     return env
@@ -426,7 +430,7 @@ def test_installed_plugin_delivers_plans_and_probes(api: Api, tmp_path: Path) ->
     connectors = {c["connector_id"]: c for c in listing["items"]}
     ok = connectors["drop-ok"]
     assert (ok["type"], ok["category"], ok["acknowledgement"]) == (
-        "dropfile",
+        TYPE_NAME,
         "archive",
         "none",
     )
