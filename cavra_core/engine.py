@@ -19,8 +19,8 @@ import hashlib
 import heapq
 import json
 import logging
-import re
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -988,7 +988,8 @@ class Engine:
             )
 
         log.info(
-            "retry plan made retry_plan_id=%s decisions=%d retry=%d wait=%d suppress=%d",
+            "retry plan made retry_plan_id=%s decisions=%d retry=%d wait=%d "
+            "suppress=%d",
             plan_id,
             position,
             counts["retry"],
@@ -1610,7 +1611,7 @@ def alert_level(retryable: int, waiting: int) -> str:
 def aligned_window(
     moment: datetime, interval_minutes: int
 ) -> tuple[datetime, datetime]:
-    """The schedule window holding ``moment``: epoch-aligned multiples of the interval."""
+    """The schedule window holding ``moment``: epoch-aligned interval multiples."""
     width = interval_minutes * 60 * 1_000_000
     micros = to_micros(moment)
     start = micros - micros % width

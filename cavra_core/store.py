@@ -279,7 +279,7 @@ class ConnectorState(BaseModel):
     state = peewee.CharField(max_length=20, default="active")
     #: A reason code: ``connector_paused``, ``receiver_stop``, ``resumed``...
     state_reason = peewee.CharField(max_length=50, null=True)
-    #: The error class that changed the state, e.g. ``http_status`` or ``hec_invalid_token``.
+    #: The error class that changed the state, e.g. ``hec_invalid_token``.
     state_error_class = peewee.CharField(max_length=50, null=True)
     state_http_status = peewee.IntegerField(null=True)
     state_changed_at = TimestampField(null=True)

@@ -7,7 +7,6 @@ import functools
 import inspect
 from datetime import timedelta
 
-import pluggy
 import pytest
 from plugins_fixtures import (
     T0,
