@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -743,7 +743,7 @@ class Engine:
                 ],
             )
 
-        raw_retry_after = attempt.get("retry_after")
+        raw_retry_after = _clean_retry_after(attempt.get("retry_after"))
         retry_after_at = parse_retry_after(raw_retry_after, finished_at)
         failed = attempt["outcome"] != "delivered"
         codes = list(row.failed_status_codes or [])
@@ -1419,7 +1419,11 @@ class Engine:
             "connector_id": connector_id,
             "ok": bool(result.ok),
             "checks": [
-                {"name": check.name, "ok": bool(check.ok), "detail": check.detail}
+                {
+                    "name": redaction.scrub_text(str(check.name), max_length=50),
+                    "ok": bool(check.ok),
+                    "detail": redaction.scrub_text(str(check.detail)),
+                }
                 for check in result.checks
             ],
         }
@@ -1974,9 +1978,22 @@ def _attempt_document(row: DeliveryAttempt) -> dict[str, Any]:
 
 
 def _clean_retry_after(raw: str | None) -> str | None:
+    """
+    A receiver's ``Retry-After`` as cavra may keep it: delta-seconds, or an
+    HTTP-date rewritten in the standard form. Anything else is dropped, so a
+    receiver cannot write arbitrary text (a token, say) into the evidence.
+    """
     if raw is None:
         return None
-    text = raw.strip()[:64]
-    if not text or any(not 0x20 <= ord(char) <= 0x7E for char in text):
+    text = raw.strip()
+    if re.fullmatch(r"[0-9]{1,12}", text):
+        return text
+    if len(text) > 64:
         return None
-    return text
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None or parsed.tzinfo is None:
+        return None
+    return format_datetime(parsed.astimezone(UTC), usegmt=True)

@@ -27,6 +27,9 @@ from cavra_core.store import StoreError, describe_url, migrate, open_database
 
 log = logging.getLogger(__name__)
 
+#: The largest request body the API accepts (413 beyond).
+MAX_BODY_BYTES = 1_048_576
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -60,8 +63,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    # urllib3's debug lines carry hosts and paths, which may hold secrets.
-    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.root.level))
+    # urllib3's debug lines carry hosts and paths, which may hold secrets;
+    # peewee's carry every SQL statement with its values.
+    for noisy in ("urllib3", "peewee"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
 
 
 def _common_options(log_level: str = "warning") -> argparse.ArgumentParser:
@@ -291,10 +296,13 @@ def command_api(arguments: argparse.Namespace) -> int:
         len(engine.connectors),
     )
     serve(
-        create_app(engine),
+        create_app(engine, max_body_bytes=MAX_BODY_BYTES),
         host=arguments.host,
         port=arguments.port,
         threads=arguments.threads,
+        # Bodies a little over the limit get the app's problem+json 413;
+        # waitress cuts off far larger ones itself instead of reading them.
+        max_request_body_size=8 * MAX_BODY_BYTES,
     )
     engine.close()
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import falcon
 
-from cavra_core import validation
+from cavra_core import redaction, validation
 from cavra_core.errors import FieldProblem, InvalidInput
 from cavra_core.paging import decode_cursor
 from cavra_server.problems import ApiProblem
@@ -76,7 +76,8 @@ def read_query(
     values = {parameter.name: parameter.default for parameter in parameters}
 
     for name, raw in req.params.items():
-        shown = name if _SHOWN_NAME.fullmatch(name) else "unnamed"
+        safe = _SHOWN_NAME.fullmatch(name) and not redaction.find_problems(name)
+        shown = name if safe else "unnamed"
         if name not in declared:
             known = ", ".join(declared) or "none"
             problems.append(

@@ -516,7 +516,8 @@ def _exercise_the_command_line(cavra: CavraProcesses) -> None:
     """The commands that read the store or use the secrets, at debug level."""
     debug = ("--log-level", "debug")
     check = cavra.cli("connectors", "check", *debug)
-    assert check.returncode == 1, check.stderr  # hook-denied and splunk-refused
+    # hook-denied (401), hook-down (closed port) and splunk-refused fail.
+    assert check.returncode == 1, check.stderr
     assert b"FAILED" in check.stdout
     check_json = cavra.cli("connectors", "check", "--json", *debug)
     probes = {
@@ -667,9 +668,9 @@ def test_a_body_that_carries_a_secret_is_refused_naming_its_pointer(
             canaries, stored.json()["package_id"]
         )
     ]
-    cursor = cavra.request(
-        "GET", f"{PREFIX}/attempts?cursor={canaries.hook_token.value}"
-    )
+    token = canaries.hook_token.value
+    cursor = cavra.request("GET", f"{PREFIX}/attempts?cursor={token}")
+    by_id = cavra.request("GET", f"{PREFIX}/connectors/{token}")
     unchanged = cavra.request("GET", f"{PREFIX}/attempts")
     plans = cavra.request("GET", f"{PREFIX}/retry-plans")
     cavra.stop()
@@ -680,6 +681,7 @@ def test_a_body_that_carries_a_secret_is_refused_naming_its_pointer(
         assert answer.json()["errors"][0]["pointer"] == pointer, answer.body
     assert cursor.status == 400
     assert cursor.json()["errors"][0]["reason"] == "invalid_cursor"
+    assert by_id.status == 404
     assert len(unchanged.json()["items"]) == 1
     assert plans.json()["items"] == []
     assert leaks(canaries, cavra.haystacks()) == []
@@ -708,3 +710,60 @@ def test_the_search_finds_every_spelling_of_a_canary() -> None:
     assert any(f.startswith(canaries.hec_token.variable) and "url" in f for f in found)
     assert f"{secret.variable} (key bytes) in blob" in found
     assert not any("clean" in f for f in found)
+
+
+@pytest.mark.parametrize(
+    "echoed", ["{token}", "Bearer {token}"], ids=["token", "bearer-credentials"]
+)
+def test_a_receiver_cannot_write_a_secret_into_the_evidence_through_retry_after(
+    tmp_path: Path, echoed: str
+) -> None:
+    """A Retry-After that is no delay or date is dropped, not kept."""
+    canaries = Canaries.new()
+    home = tmp_path / "home"
+    home.mkdir()
+    retry_after = echoed.format(token=canaries.hook_token.value)
+    with (
+        ScriptedReceiver(fallback=status(503, {"Retry-After": retry_after})) as hook,
+        FakeHec(tokens=[canaries.hec_token.value]) as hec,
+    ):
+        cavra = CavraProcesses(
+            home, _connectors_file(home, canaries, hook, hec), canaries
+        )
+        try:
+            report = cavra.request(
+                "POST",
+                PREFIX,
+                {
+                    "package": _package("drill-echo"),
+                    "connectors": ["hook-busy"],
+                    "generated_by": "rm",
+                },
+            )
+            attempts = cavra.request("GET", f"{PREFIX}/attempts")
+        finally:
+            cavra.stop()
+
+    assert report.json()["deliveries"][0]["http_status"] == 503
+    assert attempts.json()["items"][0]["retry_after"] is None
+    assert leaks(canaries, cavra.haystacks()) == []
+
+
+def test_a_secret_sent_as_a_query_parameter_name_is_not_repeated(
+    setup: Setup,
+) -> None:
+    """``?<token>=1`` is refused without the answer repeating the name."""
+    query_secret = Canary("QUERY_PARAMETER_NAME", f"ghp_{secrets.token_hex(18)}")
+    cavra = setup.cavra
+
+    answer = cavra.request("GET", f"{PREFIX}/retry-plans?{query_secret.value}=1")
+    cavra.stop()
+
+    assert answer.status == 400
+    assert answer.json()["errors"][0]["reason"] == "unknown_parameter"
+    found = [
+        place
+        for place, haystack in cavra.haystacks().items()
+        if query_secret.value.encode() in haystack
+    ]
+    assert found == []
