@@ -372,7 +372,7 @@ def lineage_row(
 
 
 def attempt_rows(plan: LineagePlan, rng: random.Random) -> Iterator[tuple]:
-    state = plan.state
+    """The lineage's attempt rows: the first sent by the API, retries by the worker."""
     for number, (
         started,
         finished,
@@ -399,7 +399,6 @@ def attempt_rows(plan: LineagePlan, rng: random.Random) -> Iterator[tuple]:
             "api" if number == 1 else "worker",
             None,
         )
-    del state
 
 
 def seed_store(

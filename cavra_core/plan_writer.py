@@ -239,14 +239,18 @@ def _reader(
     SQLite the batch is read ahead as one JSON document built by SQLite in a
     single step, or, without SQLite's JSON functions, read when asked for.
     """
-    turns = BATCHES_PER_TURN
+    per_turn = BATCHES_PER_TURN
     if not isinstance(database, peewee.SqliteDatabase):
-        return read_lineage_rows(database, batch_query, turns), _as_is, True
+        return read_lineage_rows(database, batch_query, per_turn), _as_is, True
     try:
         database.execute_sql("SELECT json_group_array(json_array(1, 'a', NULL))")
     except peewee.OperationalError:
-        return read_lineage_rows(database, batch_query, turns), _as_is, False
-    return _read_lineage_json(database, batch_query, turns), _decode_json_rows, True
+        return read_lineage_rows(database, batch_query, per_turn), _as_is, False
+    return (
+        _read_lineage_json(database, batch_query, per_turn),
+        _decode_json_rows,
+        True,
+    )
 
 
 def _read_lineage_json(
@@ -314,10 +318,13 @@ def insert_decisions(rows: Rows) -> None:
     Insert decision rows already in database form (times as microseconds).
 
     PERF(plan): prepared statements, never the query builder, which costs
-    more than the insert. On SQLite one statement carries as many rows as
-    the variable limit allows: binding them all at once and stepping once is
-    cheaper than ``executemany`` stepping row by row, and keeps the GIL free
-    for the whole insert rather than between rows.
+    more than the insert. On SQLite one statement carries
+    :data:`ROWS_PER_STATEMENT` rows: binding them all at once and stepping
+    once is cheaper than ``executemany`` stepping row by row, and keeps the
+    GIL free for the whole insert rather than between rows. The rows left
+    over go through ``executemany``, so a connection's statement cache only
+    ever holds two insert statements (a compiled 1000-row statement takes
+    about 1.5 MiB).
     """
     if not rows:
         return
@@ -334,17 +341,22 @@ def insert_decisions(rows: Rows) -> None:
         return
     width = len(DECISION_COLUMNS)
     limit = database.connection().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    per_statement = max(1, limit // width)
+    per_statement = max(1, min(ROWS_PER_STATEMENT, limit // width))
+    whole = len(rows) - len(rows) % per_statement
     cursor = database.cursor()
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        cursor.execute(
-            _multi_row_insert(table, columns, width, len(chunk)),
-            list(chain.from_iterable(chunk)),
-        )
+    statement = _multi_row_insert(table, columns, width, per_statement)
+    for start in range(0, whole, per_statement):
+        values = list(chain.from_iterable(rows[start : start + per_statement]))
+        cursor.execute(statement, values)
+    if whole < len(rows):
+        cursor.executemany(_multi_row_insert(table, columns, width, 1), rows[whole:])
 
 
-@lru_cache(maxsize=16)
+#: Rows per multi-row INSERT on SQLite (fewer where the variable limit is low).
+ROWS_PER_STATEMENT = 1000
+
+
+@lru_cache(maxsize=8)
 def _multi_row_insert(table: str, columns: str, width: int, count: int) -> str:
     row = "(" + ", ".join(["?"] * width) + ")"
     return f'INSERT INTO "{table}" ({columns}) VALUES ' + ", ".join([row] * count)

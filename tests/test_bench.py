@@ -31,7 +31,9 @@ from plugins_fixtures import (
 
 from cavra_core import engine as engine_module
 from cavra_core import hookimpl, plan_writer
+from cavra_core.calendar import DeliveryCalendar
 from cavra_core.decisions import evaluate
+from cavra_core.default_policy import CalendarMemo
 from cavra_core.engine import _LINEAGE_FIELDS, _facts, canonical_json
 from cavra_core.store import Lineage, RetryDecision, RetryPlan
 
@@ -83,8 +85,13 @@ class CrashOnLineage:
 
 @pytest.fixture
 def store(make_engine, monkeypatch):
-    """An engine over 60 varied failed lineages, planned in batches of 7."""
+    """
+    An engine over 60 varied failed lineages, planned in batches of 7.
+
+    Inserts take 4 rows per statement, so both kinds of insert are used.
+    """
     monkeypatch.setattr(engine_module, "BATCH_SIZE", 7)
+    monkeypatch.setattr(plan_writer, "ROWS_PER_STATEMENT", 4)
 
     def build(*plugins):
         engine = make_engine(
@@ -239,6 +246,44 @@ def test_a_failing_insert_reaches_the_caller_and_leaves_no_plan(
     assert RetryPlan.select().count() == 0
     assert RetryDecision.select().count() == 0
     assert writer_threads() == []
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        CONNECTORS["hook-office"]["schedule"],
+        {"timezone": "UTC", "allowed_hours": ["22:00-06:00"]},
+        {
+            "timezone": "America/New_York",
+            "allowed_hours": ["01:30-03:30", "09:00-17:00"],
+            "blackouts": [
+                {"start": "2026-03-08T00:00:00Z", "end": "2026-03-09T12:34:56.789Z"},
+                {"start": "22:00", "end": "23:30", "days": ["sat"]},
+            ],
+        },
+    ],
+)
+def test_calendar_memo_answers_as_the_calendar_does(schedule) -> None:
+    """Remembered answers equal the calendar's own, across DST and blackouts."""
+    calendar = DeliveryCalendar.from_settings(schedule)
+    memo = CalendarMemo(calendar)
+    rng = random.Random(5)
+    start = T0 - timedelta(days=120)
+    anchors = [start + timedelta(hours=rng.uniform(0, 4000)) for _ in range(60)]
+    moments = [
+        rng.choice(anchors) + timedelta(minutes=rng.uniform(-300, 300))
+        if rng.random() < 0.7
+        else start + timedelta(hours=rng.uniform(0, 4000))
+        for _ in range(1500)
+    ]
+
+    answers = [memo.next_open(moment) for moment in moments]
+
+    expected = [
+        None if calendar.is_open(moment) else calendar.next_open(moment)
+        for moment in moments
+    ]
+    assert answers == expected
 
 
 def run_script(name: str, *args: str) -> str:
