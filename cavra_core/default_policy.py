@@ -416,16 +416,10 @@ def cavra_narrow_window(
     )
 
 
-def describe_calendar(connector: Connector) -> str:
-    calendar = connector_calendar(connector)
-    return calendar.describe() if calendar else "always open"
-
-
 __all__ = [
     "cavra_classify_failure",
     "cavra_decide_eligibility",
     "cavra_narrow_window",
     "cavra_schedule_retry",
     "classify_status",
-    "describe_calendar",
 ]

@@ -80,12 +80,6 @@ IMPORT_CLOCK_SKEW = timedelta(minutes=5)
 CLAIM_TIMEOUT = timedelta(minutes=10)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_LINEAGE_TIME_FIELDS = (
-    "first_attempt_at",
-    "last_attempt_at",
-    "package_generated_at",
-    "last_retry_after_at",
-)
 _LINEAGE_FIELDS = (
     Lineage.lineage_id,
     Lineage.package,
@@ -531,7 +525,7 @@ class Engine:
             "outcome": result.outcome,
             "error_class": result.error_class,
             "http_status": result.http_status,
-            "retry_after": _clean_retry_after(result.retry_after),
+            "retry_after": result.retry_after,
             "started_at": started_at,
             "finished_at": finished_at,
             "attempt_number": attempt_number,
@@ -750,25 +744,27 @@ class Engine:
         if failed and attempt.get("http_status") is not None:
             codes.append(attempt["http_status"])
 
-        attempt_id = new_id("att")
-        DeliveryAttempt.insert(
-            attempt_id=attempt_id,
-            lineage=lineage_id,
-            attempt_number=number,
-            package_id=package_id,
-            connector_id=connector_id,
-            connector_type=connector.type,
-            outcome=attempt["outcome"],
-            error_class=attempt.get("error_class"),
-            http_status=attempt.get("http_status"),
-            retry_after_raw=raw_retry_after,
-            retry_after_at=retry_after_at,
-            started_at=started_at,
-            finished_at=finished_at,
-            duration_ms=max(0, int((finished_at - started_at).total_seconds() * 1000)),
-            source=source,
-            worker_run_id=worker_run_id,
-        ).execute()
+        stored = {
+            "attempt_id": new_id("att"),
+            "lineage": lineage_id,
+            "attempt_number": number,
+            "package_id": package_id,
+            "connector_id": connector_id,
+            "connector_type": connector.type,
+            "outcome": attempt["outcome"],
+            "error_class": attempt.get("error_class"),
+            "http_status": attempt.get("http_status"),
+            "retry_after_raw": raw_retry_after,
+            "retry_after_at": retry_after_at,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration_ms": max(
+                0, int((finished_at - started_at).total_seconds() * 1000)
+            ),
+            "source": source,
+            "worker_run_id": worker_run_id,
+        }
+        DeliveryAttempt.insert(**stored).execute()
 
         changes: dict[str, Any] = {
             "attempt_count": number,
@@ -838,27 +834,7 @@ class Engine:
         if before != after:
             store.bump_counters({before: -1, after: 1})
 
-        return {
-            "attempt_id": attempt_id,
-            "lineage_id": lineage_id,
-            "attempt_number": number,
-            "package_id": package_id,
-            "connector_id": connector_id,
-            "connector_type": connector.type,
-            "outcome": attempt["outcome"],
-            "error_class": attempt.get("error_class"),
-            "http_status": attempt.get("http_status"),
-            "retry_after": raw_retry_after,
-            "retry_after_at": iso(retry_after_at),
-            "started_at": iso(started_at),
-            "finished_at": iso(finished_at),
-            "duration_ms": max(
-                0, int((finished_at - started_at).total_seconds() * 1000)
-            ),
-            "source": source,
-            "worker_run_id": worker_run_id,
-            "lineage_state": changes["state"],
-        }
+        return _attempt_document(stored, changes["state"])
 
     def _refuse_repeated_import(
         self, row: Lineage, attempt: Mapping[str, Any], pointer: str
@@ -1255,7 +1231,9 @@ class Engine:
             .limit(limit + 1)
             .objects()
         )
-        items = [_attempt_document(row) for row in rows[:limit]]
+        items = [
+            _attempt_document(row.__data__, row.lineage_state) for row in rows[:limit]
+        ]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -1964,25 +1942,26 @@ def _run_document(row: WorkerRun, *, check: bool = True) -> dict[str, Any]:
     return document
 
 
-def _attempt_document(row: DeliveryAttempt) -> dict[str, Any]:
+def _attempt_document(stored: Mapping[str, Any], lineage_state: str) -> dict[str, Any]:
+    """An attempt's API document from its stored column values."""
     return {
-        "attempt_id": row.attempt_id,
-        "lineage_id": row.__data__["lineage"],
-        "attempt_number": row.attempt_number,
-        "package_id": row.package_id,
-        "connector_id": row.connector_id,
-        "connector_type": row.connector_type,
-        "outcome": row.outcome,
-        "error_class": row.error_class,
-        "http_status": row.http_status,
-        "retry_after": row.retry_after_raw,
-        "retry_after_at": iso(row.retry_after_at),
-        "started_at": iso(row.started_at),
-        "finished_at": iso(row.finished_at),
-        "duration_ms": row.duration_ms,
-        "source": row.source,
-        "worker_run_id": row.worker_run_id,
-        "lineage_state": row.lineage_state,
+        "attempt_id": stored["attempt_id"],
+        "lineage_id": stored["lineage"],
+        "attempt_number": stored["attempt_number"],
+        "package_id": stored["package_id"],
+        "connector_id": stored["connector_id"],
+        "connector_type": stored["connector_type"],
+        "outcome": stored["outcome"],
+        "error_class": stored["error_class"],
+        "http_status": stored["http_status"],
+        "retry_after": stored["retry_after_raw"],
+        "retry_after_at": iso(stored["retry_after_at"]),
+        "started_at": iso(stored["started_at"]),
+        "finished_at": iso(stored["finished_at"]),
+        "duration_ms": stored["duration_ms"],
+        "source": stored["source"],
+        "worker_run_id": stored["worker_run_id"],
+        "lineage_state": lineage_state,
     }
 
 
