@@ -63,6 +63,7 @@ from cavra_core.store import (
 from cavra_core.types import (
     AttemptFacts,
     Connector,
+    ConnectorHealth,
     Delivery,
     DeliveryResult,
     LineageFacts,
@@ -301,8 +302,13 @@ class Engine:
         package_id = self._store_packages([package], now)[0]
         source = request.get("source", "api")
 
+        # Read once for every connector: the canonical document and health.
+        document = self.load_package(package_id)
+        states = health.load_health(connector_ids)
         deliveries = [
-            self._deliver_first(package_id, connector_id, source, now)
+            self._deliver_first(
+                package_id, document, connector_id, states[connector_id], source, now
+            )
             for connector_id in connector_ids
         ]
         report = {
@@ -393,7 +399,11 @@ class Engine:
         }
 
     def _claim_first_attempt(
-        self, package_id: str, connector_id: str, now: datetime
+        self,
+        package_id: str,
+        generated_at: datetime,
+        connector_id: str,
+        now: datetime,
     ) -> tuple[str, str | None]:
         """
         Claim the lineage's first delivery, or say why it is not ours to make.
@@ -403,7 +413,6 @@ class Engine:
         """
         lineage_id = lineage_id_for(package_id, connector_id)
         connector = self.connectors.get(connector_id)
-        package = AuditPackage.get_by_id(package_id)
         with self.database.atomic():
             inserted = (
                 Lineage.insert(
@@ -412,7 +421,7 @@ class Engine:
                     connector_id=connector_id,
                     connector_type=connector.type,
                     state="pending",
-                    package_generated_at=package.generated_at,
+                    package_generated_at=generated_at,
                     config_fingerprint=connector.fingerprint,
                     claimed_at=now,
                 )
@@ -442,9 +451,15 @@ class Engine:
             return lineage_id, None if taken else "lineage_exists"
 
     def _deliver_first(
-        self, package_id: str, connector_id: str, source: str, now: datetime
+        self,
+        package_id: str,
+        document: Mapping[str, Any],
+        connector_id: str,
+        connector_health: ConnectorHealth,
+        source: str,
+        now: datetime,
     ) -> dict[str, Any]:
-        state = health.load_health([connector_id])[connector_id].state
+        state = connector_health.state
         if state != health.ACTIVE:
             # Nothing is claimed: the package is delivered once the connector
             # is active again and it is sent once more.
@@ -453,14 +468,19 @@ class Engine:
                 lineage_id_for(package_id, connector_id),
                 f"connector_{state}",
             )
-        lineage_id, skipped = self._claim_first_attempt(package_id, connector_id, now)
+        lineage_id, skipped = self._claim_first_attempt(
+            package_id,
+            validation.parse_time(document["generated_at"]),
+            connector_id,
+            now,
+        )
         if skipped:
             return _skipped(connector_id, lineage_id, skipped)
         attempt = self.deliver_attempt(
             lineage_id,
             1,
             source=source,
-            package=self.load_package(package_id),
+            package=document,
             now=now,
         )
         return {
