@@ -65,3 +65,9 @@ class Conflict(CavraError):
     """The request conflicts with the state of the store (HTTP 409)."""
 
     title = "Conflict"
+
+
+class Forbidden(CavraError):
+    """The caller may not do this, whoever asks (HTTP 403): e.g. self-approval."""
+
+    title = "Forbidden"

@@ -196,6 +196,8 @@ class RetryPlan(BaseModel):
     waiting_count = peewee.IntegerField()
     suppressed_count = peewee.IntegerField()
     alert_level = peewee.CharField(max_length=20)
+    #: True when ``generated_by`` is an API token's name, not a name as given.
+    actor_verified = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("generated_at", "retry_plan_id"), False),)
@@ -251,6 +253,10 @@ class WorkerRun(BaseModel):
     skipped_count = peewee.IntegerField()
     notes = JSONTextField(default=list)
     selected_retries = JSONTextField(default=list)
+    actor_verified = peewee.BooleanField(default=False)
+    #: Set on live runs only: the schedule window, unique across all workers,
+    #: so a second live run in one window cannot be recorded.
+    live_window_key = peewee.CharField(max_length=80, null=True, unique=True)
 
     class Meta:
         indexes = (
@@ -297,6 +303,208 @@ class ConnectorState(BaseModel):
         indexes = ((("state",), False),)
 
 
+class Approval(BaseModel):
+    """
+    A person's word on decisions of one retry plan: approve or deny.
+
+    Bound to the plan's hash; each decision it covers is an :class:`ApprovalItem`
+    bound to the lineage's version at planning time.
+    """
+
+    approval_id = peewee.CharField(max_length=40, primary_key=True)
+    retry_plan_id = peewee.CharField(max_length=40)
+    plan_hash = peewee.CharField(max_length=64)
+    #: ``approve`` or ``deny``.
+    verdict = peewee.CharField(max_length=10)
+    approved_by = peewee.CharField(max_length=200)
+    actor_verified = peewee.BooleanField(default=False)
+    reason = peewee.TextField()
+    created_at = TimestampField()
+    expires_at = TimestampField()
+    item_count = peewee.IntegerField()
+    used_count = peewee.IntegerField(default=0)
+    revoked_at = TimestampField(null=True)
+    revoked_by = peewee.CharField(max_length=200, null=True)
+    revoked_by_verified = peewee.BooleanField(null=True)
+    revoke_reason = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = (
+            (("created_at", "approval_id"), False),
+            (("retry_plan_id", "created_at"), False),
+        )
+
+
+class ApprovalItem(BaseModel):
+    """One decision an approval covers; it serves one attempt of its lineage, once."""
+
+    approval_id = peewee.CharField(max_length=40)
+    position = peewee.IntegerField()
+    decision_id = peewee.CharField(max_length=40)
+    lineage_id = peewee.CharField(max_length=40)
+    #: The lineage's version when the plan was made; another means it moved on.
+    lineage_version = peewee.IntegerField()
+    #: The attempt this approval lets the worker make.
+    attempt_number = peewee.IntegerField()
+    created_at = TimestampField()
+    used_at = TimestampField(null=True)
+    execution_id = peewee.CharField(max_length=40, null=True)
+
+    class Meta:
+        indexes = (
+            (("approval_id", "position"), True),
+            (("approval_id", "lineage_id"), True),
+            (("lineage_id", "created_at"), False),
+        )
+
+
+class Execution(BaseModel):
+    """
+    What a live run did with one approved decision.
+
+    ``claim_key`` is ``lineage_id:attempt_number`` while a delivery is claimed
+    or made, and unique: a second delivery of one attempt cannot be recorded.
+    Skipped executions have none.
+    """
+
+    execution_id = peewee.CharField(max_length=40, primary_key=True)
+    run_id = peewee.CharField(max_length=40)
+    decision_id = peewee.CharField(max_length=40)
+    approval_id = peewee.CharField(max_length=40, null=True)
+    lineage_id = peewee.CharField(max_length=40)
+    package_id = peewee.CharField(max_length=64)
+    connector_id = peewee.CharField(max_length=100)
+    attempt_number = peewee.IntegerField()
+    claim_key = peewee.CharField(max_length=60, null=True, unique=True)
+    #: ``claimed`` (started, no outcome yet), ``delivered``, ``failed``, ``skipped``.
+    outcome = peewee.CharField(max_length=20)
+    skipped_reason = peewee.CharField(max_length=50, null=True)
+    error_class = peewee.CharField(max_length=50, null=True)
+    http_status = peewee.IntegerField(null=True)
+    attempt_id = peewee.CharField(max_length=40, null=True)
+    started_at = TimestampField()
+    finished_at = TimestampField(null=True)
+    duration_ms = peewee.IntegerField(default=0)
+    evidence_sequence = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = (
+            (("started_at", "execution_id"), False),
+            (("run_id", "started_at"), False),
+            (("lineage_id", "started_at"), False),
+            (("connector_id", "outcome", "started_at"), False),
+        )
+
+
+class EvidenceEntry(BaseModel):
+    """
+    One entry of the append-only evidence log.
+
+    ``entry_hash`` is the SHA-256 of the previous entry's hash and this
+    entry's canonical content, so changing any entry breaks every hash after it.
+    """
+
+    sequence = peewee.BigIntegerField(primary_key=True)
+    kind = peewee.CharField(max_length=40)
+    subject_id = peewee.CharField(max_length=64)
+    actor = peewee.CharField(max_length=200)
+    actor_verified = peewee.BooleanField(default=False)
+    recorded_at = TimestampField()
+    #: The public-safe document the entry vouches for, as canonical JSON.
+    document = peewee.TextField()
+    previous_hash = peewee.CharField(max_length=64)
+    entry_hash = peewee.CharField(max_length=64)
+
+    class Meta:
+        indexes = (
+            (("kind", "sequence"), False),
+            (("subject_id",), False),
+        )
+
+
+class ApiToken(BaseModel):
+    """An API token: only its SHA-256 is kept; the token is shown once."""
+
+    token_id = peewee.CharField(max_length=40, primary_key=True)
+    name = peewee.CharField(max_length=200, unique=True)
+    role = peewee.CharField(max_length=30)
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    created_at = TimestampField()
+    revoked_at = TimestampField(null=True)
+
+    class Meta:
+        indexes = ((("revoked_at",), False),)
+
+
+class IdempotencyRecord(BaseModel):
+    """The first answer to a POST sent with an ``Idempotency-Key``."""
+
+    #: SHA-256 of the caller, the method and path, and the key.
+    scope_key = peewee.CharField(max_length=64, primary_key=True)
+    #: SHA-256 of the request body: the same key with another body is refused.
+    request_hash = peewee.CharField(max_length=64)
+    #: ``in_progress`` while the first request runs, then ``done``.
+    state = peewee.CharField(max_length=20)
+    status = peewee.IntegerField(null=True)
+    content_type = peewee.CharField(max_length=100, null=True)
+    location = peewee.TextField(null=True)
+    body = peewee.TextField(null=True)
+    created_at = TimestampField()
+
+    class Meta:
+        indexes = ((("created_at",), False),)
+
+
+class RecoveryPlaybook(BaseModel):
+    """Recovery steps for connectors with repeated failures, at one moment."""
+
+    playbook_id = peewee.CharField(max_length=40, primary_key=True)
+    generated_at = TimestampField()
+    generated_by = peewee.CharField(max_length=200)
+    actor_verified = peewee.BooleanField(default=False)
+    min_failure_count = peewee.IntegerField()
+    lookback_hours = peewee.IntegerField()
+    item_count = peewee.IntegerField()
+    items = JSONTextField()
+
+    class Meta:
+        indexes = ((("generated_at", "playbook_id"), False),)
+
+
+class RecoveryPlaybookItem(BaseModel):
+    """One connector of a playbook, with its latest closure state (null: open)."""
+
+    playbook_id = peewee.CharField(max_length=40)
+    connector_id = peewee.CharField(max_length=100)
+    generated_at = TimestampField()
+    closure_state = peewee.CharField(max_length=20, null=True)
+    closed_at = TimestampField(null=True)
+
+    class Meta:
+        indexes = (
+            (("playbook_id", "connector_id"), True),
+            (("closure_state", "generated_at"), False),
+        )
+
+
+class RecoveryClosure(BaseModel):
+    """A person's word on one connector of a playbook: resolved, deferred..."""
+
+    closure_id = peewee.CharField(max_length=40, primary_key=True)
+    playbook_id = peewee.CharField(max_length=40)
+    connector_id = peewee.CharField(max_length=100)
+    closure_state = peewee.CharField(max_length=20)
+    external_ref = peewee.CharField(max_length=200, null=True)
+    notes = peewee.TextField(null=True)
+    verification_refs = JSONTextField(default=list)
+    closed_by = peewee.CharField(max_length=200)
+    actor_verified = peewee.BooleanField(default=False)
+    closed_at = TimestampField()
+
+    class Meta:
+        indexes = ((("playbook_id", "connector_id", "closed_at"), False),)
+
+
 MODELS = (
     AuditPackage,
     Acknowledgement,
@@ -307,6 +515,15 @@ MODELS = (
     WorkerRun,
     Counter,
     ConnectorState,
+    Approval,
+    ApprovalItem,
+    Execution,
+    EvidenceEntry,
+    ApiToken,
+    IdempotencyRecord,
+    RecoveryPlaybook,
+    RecoveryPlaybookItem,
+    RecoveryClosure,
 )
 
 

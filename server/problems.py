@@ -22,6 +22,7 @@ from cavra_core.errors import (
     CavraError,
     Conflict,
     FieldProblem,
+    Forbidden,
     InvalidInput,
     NotFound,
     UnprocessableInput,
@@ -84,11 +85,14 @@ DOMAIN_ERRORS: dict[type[CavraError], tuple[int, str]] = {
     UnprocessableInput: (422, "unprocessable-body"),
     NotFound: (404, "not-found"),
     Conflict: (409, "conflict"),
+    Forbidden: (403, "forbidden"),
 }
 
 #: Statuses the API answers with problems, with their OpenAPI descriptions.
 PROBLEM_STATUSES: dict[int, str] = {
     400: "The request is malformed: the body, a query parameter or its JSON.",
+    401: "The request needs an API token (Authorization: Bearer TOKEN).",
+    403: "The token's role may not do this, or the rule forbids it for anyone.",
     404: "Nothing exists at this path or with this id.",
     405: "The resource does not take this method; see the Allow header.",
     409: "The request conflicts with the state of the store.",
