@@ -31,7 +31,8 @@ from typing import Any
 
 import peewee
 
-from cavra_core import health, redaction, store, validation
+from cavra_core import evidence, executions, health, redaction, store, validation
+from cavra_core.approvals import Approvals
 from cavra_core.connectors import (
     ConnectorRegistry,
     build_registry,
@@ -45,6 +46,7 @@ from cavra_core.errors import (
     NotFound,
     UnprocessableInput,
 )
+from cavra_core.identity import Actor, actor_for
 from cavra_core.paging import decode_cursor, encode_cursor
 from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
 from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
@@ -183,6 +185,8 @@ class Engine:
     :param load_entry_points: load installed plugins of the group ``cavra``.
     :param apply_migrations: apply pending migrations on open.
     :param clock: returns the current aware time; for tests.
+    :param four_eyes: refuse approvals by a plan's own author (default on;
+        ``CAVRA_ALLOW_SELF_APPROVAL=true`` turns it off).
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class Engine:
         disabled_plugins: list[str] | None = None,
         apply_migrations: bool = True,
         clock=None,
+        four_eyes: bool | None = None,
     ) -> None:
         self.database_url = (
             database_url
@@ -219,6 +224,12 @@ class Engine:
             document, self.connector_types
         )
 
+        if four_eyes is None:
+            allowed = os.environ.get("CAVRA_ALLOW_SELF_APPROVAL", "")
+            four_eyes = allowed.strip().lower() not in ("1", "true", "yes")
+        self.approvals = Approvals(self, four_eyes=four_eyes)
+        self.executions = executions.Executions(self)
+
         self.database = store.open_database(self.database_url)
         if apply_migrations:
             store.migrate(self.database)
@@ -229,6 +240,7 @@ class Engine:
                 )
                 for connector_id in lifted:
                     self._reassess_connector(connector_id)
+        self.evidence = evidence.EvidenceLog(self)
 
     @property
     def backend(self) -> str:
@@ -247,6 +259,39 @@ class Engine:
         self.close()
 
     # -- input ------------------------------------------------------------------
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """``now`` checked to carry a UTC offset, or the engine's clock."""
+        return _aware(now, self.clock)
+
+    @staticmethod
+    def new_id(prefix: str) -> str:
+        return new_id(prefix)
+
+    def actor_of(
+        self,
+        request: Mapping[str, Any],
+        actor: Actor | None,
+        field: str = "generated_by",
+    ) -> Actor:
+        """
+        Who to record: the token's name when the caller has one (the body's
+        name is then ignored), else the name the body gives, unverified.
+        """
+        found = actor_for(request.get(field), actor)
+        if found is None:
+            raise InvalidInput(
+                f"Say who is acting: {field} is required when the API runs "
+                "without tokens.",
+                [
+                    FieldProblem(
+                        f"/{field}",
+                        "is required when the API runs without tokens",
+                        "required",
+                    )
+                ],
+            )
+        return found
 
     def _check_request(self, name: str, request: Mapping[str, Any]) -> None:
         """
@@ -286,7 +331,11 @@ class Engine:
     # -- packages and deliveries ------------------------------------------------
 
     def deliver_package(
-        self, request: Mapping[str, Any], *, now: datetime | None = None
+        self,
+        request: Mapping[str, Any],
+        *,
+        actor: Actor | None = None,
+        now: datetime | None = None,
     ) -> dict[str, Any]:
         """
         Deliver one package to configured connectors now (``POST ...``).
@@ -296,6 +345,7 @@ class Engine:
         """
         self._check_request("delivery_request", request)
         now = _aware(now, self.clock)
+        who = self.actor_of(request, actor)
         connector_ids = list(request["connectors"])
         self._require_connectors(connector_ids, "/connectors")
         package = request["package"]
@@ -314,7 +364,7 @@ class Engine:
         report = {
             "package_id": package_id,
             "drill_id": package["drill_id"],
-            "generated_by": request["generated_by"],
+            "generated_by": who.name,
             "deliveries": deliveries,
         }
         validation.check_output("delivery_report", report)
@@ -928,7 +978,11 @@ class Engine:
     # -- retry plans ------------------------------------------------------------
 
     def plan_retries(
-        self, request: Mapping[str, Any], *, now: datetime | None = None
+        self,
+        request: Mapping[str, Any],
+        *,
+        actor: Actor | None = None,
+        now: datetime | None = None,
     ) -> dict[str, Any]:
         """
         Make and store a retry plan over every failed lineage (``POST .../retry-plan``).
@@ -939,6 +993,7 @@ class Engine:
         """
         self._check_request("retry_plan_request", request)
         now = _aware(now, self.clock)
+        who = self.actor_of(request, actor)
         policy, overrides = self._request_policy(request)
         plan_id = new_id("rp")
         hasher = hashlib.sha256(canonical_json(policy.as_document()).encode())
@@ -948,7 +1003,8 @@ class Engine:
             "retry_plan_id": plan_id,
             "plan_hash": "",
             "generated_at": now,
-            "generated_by": request["generated_by"],
+            "generated_by": who.name,
+            "actor_verified": who.verified,
             "policy": policy.as_document(),
             "decision_count": 0,
             "retryable_count": 0,
@@ -980,7 +1036,10 @@ class Engine:
                     "waiting_count": counts["wait"],
                     "suppressed_count": counts["suppress"],
                     "alert_level": alert_level(counts["retry"], counts["wait"]),
-                }
+                },
+                then=lambda: evidence.append(
+                    self.database, "retry_plan", plan_id, who, now
+                ),
             )
 
         log.info(
@@ -1056,21 +1115,32 @@ class Engine:
     # -- the worker -------------------------------------------------------------
 
     def run_worker(
-        self, request: Mapping[str, Any], *, now: datetime | None = None
+        self,
+        request: Mapping[str, Any],
+        *,
+        actor: Actor | None = None,
+        now: datetime | None = None,
     ) -> dict[str, Any]:
         """
         Run the retry worker once (``POST .../worker-run``).
 
         The run evaluates every failed lineage afresh and selects ``retry``
         decisions whose window holds ``now``, oldest first. A dry run (the
-        default) changes nothing but its own run record. A live run delivers
-        only approved decisions.
+        default) changes nothing but its own run record. A live run sends
+        only decisions whose latest approval holds (see
+        :mod:`cavra_core.executions`); at most one live run is recorded per
+        schedule window, across every worker sharing the database.
+
+        Raises:
+            Conflict: the schedule is disabled, or this window has its live run.
         """
         self._check_request("worker_run_request", request)
         started_at = _aware(now, self.clock)
         started = time.perf_counter()
+        who = self.actor_of(request, actor)
         policy, overrides = self._request_policy(request)
         dry_run = request.get("dry_run", not request.get("execute", False))
+        trigger = request.get("trigger", "manual")
         limit = request.get("max_retry_deliveries", 5)
         schedule = dict(request.get("schedule") or {})
         interval = schedule.get("interval_minutes", 60)
@@ -1083,71 +1153,127 @@ class Engine:
                 [FieldProblem("/schedule/enabled", "is false", "schedule_disabled")],
             )
         window_start, window_end = aligned_window(started_at, interval)
-
-        counts = {"retry": 0, "wait": 0, "suppress": 0}
-        oldest: list[tuple[int, str, Decision]] = []
-        for decision in self.iter_decisions(overrides, started_at):
-            counts[decision.action] += 1
-            if decision.action != "retry":
-                continue
-            key = (-to_micros(decision.not_before), decision.lineage_id)
-            entry = (key[0], _invert(decision.lineage_id), decision)
-            if len(oldest) < limit:
-                heapq.heappush(oldest, entry)
-            elif entry > oldest[0]:
-                heapq.heapreplace(oldest, entry)
-        candidates = [entry[2] for entry in sorted(oldest, reverse=True)]
-
-        notes: list[str] = []
         run_id = new_id("wr")
-        if dry_run:
-            selected = [_selected(d, "would_deliver") for d in candidates]
-            skipped = counts["retry"] - len(selected)
-            notes.append(
-                "Dry run: nothing was delivered and no lineage changed; "
-                f"{len(selected)} of {counts['retry']} due retries would be sent."
-            )
-        else:
-            selected = []
-            skipped = counts["retry"]
-            notes.append(
-                "Live run: only approved decisions are re-delivered, and no "
-                f"approval exists yet, so none of {counts['retry']} due retries "
-                "was selected."
-            )
-        if skipped and dry_run:
-            notes.append(
-                f"{skipped} due retries were left for later runs by "
-                f"max_retry_deliveries={limit}."
-            )
-
-        finished_at = started_at + timedelta(seconds=time.perf_counter() - started)
         record = {
             "run_id": run_id,
             "dry_run": dry_run,
-            "trigger": request.get("trigger", "manual"),
+            "trigger": trigger,
             "interval_minutes": interval,
             "window_start": window_start,
             "window_end": window_end,
             "cadence": cadence,
             "enabled": enabled,
             "started_at": started_at,
-            "finished_at": finished_at,
-            "generated_by": request["generated_by"],
+            "finished_at": started_at,
+            "generated_by": who.name,
+            "actor_verified": who.verified,
             "policy": policy.as_document(),
-            "retryable_count": counts["retry"],
-            "waiting_count": counts["wait"],
-            "suppressed_count": counts["suppress"],
-            "selected_retry_count": len(selected),
+            "retryable_count": 0,
+            "waiting_count": 0,
+            "suppressed_count": 0,
+            "selected_retry_count": 0,
             "executed_count": 0,
-            "skipped_count": skipped,
-            "notes": notes,
-            "selected_retries": selected,
+            "skipped_count": 0,
+            "notes": [],
+            "selected_retries": [],
         }
+        if not dry_run:
+            self._claim_live_window(record, interval)
+
+        # An approved manual retry may skip its delay when the request says so.
+        immediate = (not dry_run) and policy.allow_immediate_retry
+        covered = set() if dry_run else executions.lineages_with_words()
+        counts = {"retry": 0, "wait": 0, "suppress": 0}
+        oldest: list[tuple[int, str, Decision]] = []
+        due: list[Decision] = []
+        unapproved = 0
+        for decision in self.iter_decisions(overrides, started_at):
+            counts[decision.action] += 1
+            may_go = decision.action == "retry" or (
+                immediate
+                and decision.action == "wait"
+                and decision.reason == "delay_not_elapsed"
+            )
+            if not may_go:
+                continue
+            if not dry_run:
+                if decision.lineage_id in covered:
+                    due.append(decision)
+                else:
+                    unapproved += 1
+                continue
+            entry = (
+                -to_micros(decision.not_before),
+                _invert(decision.lineage_id),
+                decision,
+            )
+            if len(oldest) < limit:
+                heapq.heappush(oldest, entry)
+            elif entry > oldest[0]:
+                heapq.heapreplace(oldest, entry)
+
+        notes: list[str] = []
+        if dry_run:
+            candidates = [entry[2] for entry in sorted(oldest, reverse=True)]
+            selected = [_selected(d, "would_deliver") for d in candidates]
+            executed = 0
+            skipped = counts["retry"] - len(selected)
+            notes.append(
+                "Dry run: nothing was delivered and no lineage changed; "
+                f"{len(selected)} of {counts['retry']} due retries would be sent."
+            )
+            if skipped:
+                notes.append(
+                    f"{skipped} due retries were left for later runs by "
+                    f"max_retry_deliveries={limit}."
+                )
+        else:
+
+            def moment() -> datetime:
+                return started_at + timedelta(seconds=time.perf_counter() - started)
+
+            live = self.executions.run_live(run_id, due, limit, who, started_at, moment)
+            selected = live.selected
+            executed = live.executed
+            skipped = len(due) + unapproved - executed
+            unapproved += live.not_approved
+            notes.append(
+                f"Live run: {executed} approved retries were sent "
+                f"({sum(1 for s in selected if s['outcome'] == 'delivered')} "
+                "delivered)."
+            )
+            if unapproved:
+                notes.append(
+                    f"{unapproved} due retries have no usable approval; approve "
+                    "their decisions in a retry plan to let a live run send them."
+                )
+            notes.extend(executions.describe_skips(live.skipped_by_reason))
+            if live.left_for_later:
+                notes.append(
+                    f"{live.left_for_later} approved retries were left for later "
+                    f"runs by max_retry_deliveries={limit}."
+                )
+
+        record.update(
+            finished_at=started_at + timedelta(seconds=time.perf_counter() - started),
+            retryable_count=counts["retry"],
+            waiting_count=counts["wait"],
+            suppressed_count=counts["suppress"],
+            selected_retry_count=len(selected),
+            executed_count=executed,
+            skipped_count=skipped,
+            notes=notes,
+            selected_retries=selected,
+        )
         document = _run_document_from(record)
         validation.check_output("worker_run", document)
         with self.database.atomic():
-            WorkerRun.insert(**record).execute()
+            if dry_run:
+                WorkerRun.insert(**record).execute()
+            else:
+                WorkerRun.update(
+                    **{k: v for k, v in record.items() if k != "run_id"}
+                ).where(WorkerRun.run_id == run_id).execute()
             store.bump_counters(
                 {
                     "worker_runs": 1,
@@ -1156,14 +1282,38 @@ class Engine:
                     "selected_retries": len(selected),
                 }
             )
+            evidence.append(self.database, "worker_run", run_id, who, started_at)
         log.info(
-            "worker run finished run_id=%s dry_run=%s selected=%d retryable=%d",
+            "worker run finished run_id=%s dry_run=%s selected=%d executed=%d "
+            "retryable=%d",
             run_id,
             dry_run,
             len(selected),
+            executed,
             counts["retry"],
         )
         return document
+
+    def _claim_live_window(self, record: dict[str, Any], interval: int) -> None:
+        """Record the live run up front; the window's unique key refuses a second."""
+        key = f"{to_micros(record['window_start'])}:{interval}"
+        try:
+            with self.database.atomic():
+                WorkerRun.insert(**record, live_window_key=key).execute()
+        except peewee.IntegrityError:
+            first = WorkerRun.get_or_none(WorkerRun.live_window_key == key)
+            first_id = first.run_id if first else "another run"
+            raise Conflict(
+                f"This schedule window already has its live run, {first_id}; "
+                f"the next window starts at {iso(record['window_end'])}.",
+                [
+                    FieldProblem(
+                        "/schedule",
+                        f"window has live run {first_id}",
+                        "live_run_exists",
+                    )
+                ],
+            ) from None
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         row = WorkerRun.get_or_none(WorkerRun.run_id == run_id)
@@ -1312,6 +1462,7 @@ class Engine:
             .order_by(WorkerRun.started_at.desc(), WorkerRun.run_id.desc())
             .limit(10)
         )
+        execution_counts = self.executions.counts()
         document = {
             "generated_at": iso(now),
             "run_count": counters["worker_runs"],
@@ -1323,6 +1474,11 @@ class Engine:
             "suppressed_count": suppressed,
             "alert_level": alert_level(open_now, waiting),
             "paused_connector_count": self.paused_connector_count(),
+            "executed_retry_count": execution_counts["delivered"]
+            + execution_counts["failed"],
+            "delivered_retry_count": execution_counts["delivered"],
+            "failed_retry_count": execution_counts["failed"],
+            "skipped_retry_count": execution_counts["skipped"],
             "latest_runs": [_run_document(row, check=False) for row in latest],
         }
         validation.check_output("dashboard", document)
@@ -1354,16 +1510,18 @@ class Engine:
         connector_id: str,
         request: Mapping[str, Any],
         *,
+        actor: Actor | None = None,
         now: datetime | None = None,
     ) -> dict[str, Any]:
         """Make a paused or disabled connector active again (``POST .../resume``)."""
         self._check_request("connector_resume_request", request)
         now = _aware(now, self.clock)
+        who = self.actor_of(request, actor)
         connector = self.connectors.get(connector_id)
         if connector is None:
             raise NotFound("No connector with that id is configured.")
         with self.database.atomic():
-            state = health.resume(connector, request["generated_by"], now)
+            state = health.resume(connector, who.name, now)
             # Its lineages waiting on the pause are assessed afresh.
             self._reassess_connector(connector_id)
         document = self._connector_document(connector_id, state)
@@ -1904,6 +2062,7 @@ def _plan_summary(row: RetryPlan) -> dict[str, Any]:
         "plan_hash": row.plan_hash,
         "generated_at": iso(row.generated_at),
         "generated_by": row.generated_by,
+        "actor_verified": bool(row.actor_verified),
         "policy": row.policy,
         "decision_count": row.decision_count,
         "retryable_count": row.retryable_count,
@@ -1940,6 +2099,7 @@ def _run_document_from(record: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": iso(record["started_at"]),
         "finished_at": iso(record["finished_at"]),
         "generated_by": record["generated_by"],
+        "actor_verified": bool(record["actor_verified"]),
         "policy": record["policy"],
         "summary": {
             "retryable_count": record["retryable_count"],

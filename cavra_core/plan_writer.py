@@ -112,9 +112,18 @@ class PlanWriter:
         """Store a batch of decision rows."""
         insert_decisions(rows)
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        """Record the plan's summary (hash and counts); the commit follows on exit."""
+    def finish(
+        self, summary: Mapping[str, Any], then: Callable[[], Any] | None = None
+    ) -> None:
+        """
+        Record the plan's summary (hash and counts); the commit follows on exit.
+
+        ``then`` runs right after, in the plan's transaction (the evidence
+        entry for the plan is appended there, so both commit or neither).
+        """
         _update_plan(self.plan["retry_plan_id"], summary)
+        if then is not None:
+            then()
 
 
 class BackgroundPlanWriter(PlanWriter):
@@ -165,8 +174,10 @@ class BackgroundPlanWriter(PlanWriter):
     def write(self, rows: Rows) -> None:
         self._pending.append(rows)
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        self._requests.put(("finish", self._take_pending(), dict(summary)))
+    def finish(
+        self, summary: Mapping[str, Any], then: Callable[[], Any] | None = None
+    ) -> None:
+        self._requests.put(("finish", self._take_pending(), (dict(summary), then)))
         self._reply("committed")
 
     def _take_pending(self) -> list[Rows]:
@@ -203,7 +214,10 @@ class BackgroundPlanWriter(PlanWriter):
                             upcoming = next(batches, None)
                         continue
                     insert_decisions(list(chain.from_iterable(rows)))
-                    _update_plan(self.plan["retry_plan_id"], summary)
+                    values, then = summary
+                    _update_plan(self.plan["retry_plan_id"], values)
+                    if then is not None:
+                        then()
                     break
             self._replies.put(("committed", None))
         except _Aborted:

@@ -247,3 +247,22 @@ def until_parameter(what: str) -> QueryParameter:
         _TIME_SCHEMA,
         parse_time,
     )
+
+
+def parse_prefixed_id(prefix: str) -> Callable[[str], str]:
+    """An id of one kind: ``prefix`` and then 32 lower-case hex digits."""
+    pattern = re.compile(re.escape(prefix) + r"_[0-9a-f]{32}")
+
+    def parse(raw: str) -> str:
+        if not pattern.fullmatch(raw):
+            raise ParameterError(
+                f"must be an id like {prefix}_ followed by 32 hex digits", "pattern"
+            )
+        return raw
+
+    return parse
+
+
+def id_parameter(name: str, description: str, prefix: str, ref: str) -> QueryParameter:
+    """A filter by one id, e.g. ``run_id`` (``wr_...``)."""
+    return QueryParameter(name, description, {"$ref": ref}, parse_prefixed_id(prefix))

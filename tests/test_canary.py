@@ -530,7 +530,7 @@ def _exercise_the_command_line(cavra: CavraProcesses) -> None:
         ("plan", "--json", "--generated-by", "release-manager"),
         ("plan",),
         ("worker", "run", "--json", "--generated-by", "platform-owner"),
-        ("worker", "run", "--execute", "--json"),
+        ("worker", "run", "--execute", "--interval", "30", "--json"),
         ("worker", "runs", "--json"),
         ("dashboard", "--json"),
         ("dashboard",),

@@ -29,6 +29,7 @@ from cavra_core.store import (
     AuditPackage,
     Counter,
     DeliveryAttempt,
+    EvidenceEntry,
     Lineage,
     RetryDecision,
     RetryPlan,
@@ -225,6 +226,9 @@ def test_dry_run_changes_nothing_but_its_own_run_record(engine, fake) -> None:
 
     after = row_counts()
     assert after.pop("WorkerRun") == counts.pop("WorkerRun") + 1
+    # The run's record includes its entry in the evidence log.
+    assert after.pop("EvidenceEntry") == counts.pop("EvidenceEntry") + 1
+    assert EvidenceEntry.get(EvidenceEntry.subject_id == run["run_id"])
     after.pop("Counter"), counts.pop("Counter")
     assert after == counts
     assert lineage_rows() == lineages
@@ -269,7 +273,7 @@ def test_live_run_without_approvals_selects_nothing(engine, request_flags) -> No
     assert run["dry_run"] is False
     assert run["selected_retries"] == []
     assert run["summary"]["selected_retry_count"] == 0
-    assert "no approval exists yet, so none of 1 due retries" in " ".join(run["notes"])
+    assert "1 due retries have no usable approval" in " ".join(run["notes"])
 
 
 def test_explicit_dry_run_beats_execute(engine, fake) -> None:

@@ -98,6 +98,8 @@ class ConnectorResume(Resource):
         _known(connector_id, self.engine)
         request = self.body(req)
 
-        connector = self.engine.resume_connector(connector_id, request)
+        connector = self.engine.resume_connector(
+            connector_id, request, actor=req.context.get("actor")
+        )
 
         respond(resp, connector)

@@ -24,6 +24,6 @@ class PackageDeliveries(Resource):
         self.query(req)
         request = self.body(req)
 
-        report = self.engine.deliver_package(request)
+        report = self.engine.deliver_package(request, actor=req.context.get("actor"))
 
         respond(resp, report, status=201)

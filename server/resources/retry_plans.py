@@ -44,7 +44,7 @@ class RetryPlanRequests(Resource):
         self.query(req)
         request = self.body(req)
 
-        summary = self.engine.plan_retries(request)
+        summary = self.engine.plan_retries(request, actor=req.context.get("actor"))
         # PERF(api): the whole plan is held in memory to answer; a plan of very
         # many decisions would be better streamed from iter_plan_decisions.
         plan = {

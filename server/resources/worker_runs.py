@@ -47,7 +47,7 @@ class WorkerRunRequests(Resource):
         self.query(req)
         request = self.body(req)
 
-        run = self.engine.run_worker(request)
+        run = self.engine.run_worker(request, actor=req.context.get("actor"))
 
         respond(resp, run, status=201)
         resp.location = f"{_RUNS_PATH}/{run['run_id']}"
