@@ -10,23 +10,33 @@ entry before it::
                         actor_verified, recorded_at, document, previous_hash)
 
 so changing, removing or reordering any entry breaks every hash from there
-on. :func:`verify_store` also rebuilds each summary from the record it names,
-which catches an edit to the record tables themselves. :func:`verify_entries`
-checks an exported chain (JSON lines) offline, without a database.
+on. :func:`verify_store` also rebuilds the summary of every record from the
+record itself and compares it with the latest entry that vouches for it,
+which catches an edit to the record tables; and it compares the number of
+entries with the number ever appended, which catches entries cut off the end.
+:func:`verify_entries` checks an exported chain (JSON lines) offline, without
+a database.
+
+:class:`EvidenceLog` is the log of one engine's store (``engine.evidence``):
+pages for the API, the verification report, the export.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import peewee
 
-from cavra_core import store
+from cavra_core import store, validation
 from cavra_core.decisions import format_time_precise
+from cavra_core.errors import FieldProblem, InvalidInput
 from cavra_core.identity import Actor
 from cavra_core.store import (
     Approval,
@@ -39,11 +49,15 @@ from cavra_core.store import (
     WorkerRun,
 )
 
+if TYPE_CHECKING:
+    from cavra_core.engine import Engine
+
 #: The previous hash of the first entry.
 GENESIS_HASH = "0" * 64
 #: Keeps appends in one order on PostgreSQL (a transaction-scoped lock).
 _APPEND_LOCK = 7260422
 _BATCH = 1000
+_COUNTER = "evidence_entries"
 
 KINDS = (
     "retry_plan",
@@ -53,6 +67,21 @@ KINDS = (
     "execution",
     "recovery_playbook",
     "recovery_closure",
+)
+
+#: The id prefix of the records each kind vouches for.
+SUBJECT_PREFIXES = {
+    "retry_plan": "rp",
+    "worker_run": "wr",
+    "approval": "apv",
+    "approval_revocation": "apv",
+    "execution": "ex",
+    "recovery_playbook": "pb",
+    "recovery_closure": "cl",
+}
+#: Any id an entry may vouch for.
+SUBJECT_ID = re.compile(
+    "(?:" + "|".join(sorted(set(SUBJECT_PREFIXES.values()))) + ")_[0-9a-f]{32}"
 )
 
 
@@ -79,6 +108,34 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
         "previous_hash": entry["previous_hash"],
     }
     return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
+
+
+def chain_entry(
+    previous: Mapping[str, Any] | None,
+    *,
+    kind: str,
+    subject_id: str,
+    actor: Actor,
+    recorded_at: str,
+    document: Any,
+) -> dict[str, Any]:
+    """
+    The entry that follows ``previous`` (``None``: the first), hash included.
+
+    Nothing is stored: :func:`append` stores what this returns.
+    """
+    entry = {
+        "sequence": 1 if previous is None else previous["sequence"] + 1,
+        "kind": kind,
+        "subject_id": subject_id,
+        "actor": actor.name,
+        "actor_verified": bool(actor.verified),
+        "recorded_at": recorded_at,
+        "document": document,
+        "previous_hash": GENESIS_HASH if previous is None else previous["entry_hash"],
+    }
+    entry["entry_hash"] = entry_hash(entry)
+    return entry
 
 
 # -- what each kind vouches for -------------------------------------------------
@@ -226,36 +283,54 @@ def append(
     Append the entry for record ``subject_id`` of ``kind``; return the entry.
 
     Call it inside the transaction that wrote the record, after the write:
-    the entry and the record commit together or not at all.
+    the entry and the record commit together or not at all. A record that
+    changes later (an execution's outcome, say) gets a new entry in the
+    transaction of the change; verification compares each record with the
+    latest entry for it.
+
+    Raises:
+        ValueError: an unknown kind, an id of another kind, or no such record.
+        RuntimeError: called outside a transaction.
     """
     if kind not in _SUBJECTS:
         raise ValueError(f"unknown evidence kind {kind!r}")
+    if not subject_id.startswith(SUBJECT_PREFIXES[kind] + "_"):
+        raise ValueError(f"{subject_id!r} is not the id of a {kind}")
+    if isinstance(database, peewee.DatabaseProxy):
+        database = database.obj
+    if not database.in_transaction():
+        raise RuntimeError(
+            "evidence.append must run inside the transaction that wrote the record"
+        )
+
+    # Appends are serialized before anything is read: an advisory lock on
+    # PostgreSQL; on SQLite the counter update takes the write lock (the
+    # caller's write has usually taken it already).
+    if isinstance(database, peewee.PostgresqlDatabase):
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+    store.bump_counters({_COUNTER: 1})
     document = summary_of(kind, subject_id)
     if document is None:
         raise ValueError(f"no {kind} {subject_id} to vouch for")
-
-    # Appends are serialized: an advisory lock on PostgreSQL; on SQLite the
-    # counter update takes the write lock before the last entry is read.
-    if isinstance(database, peewee.PostgresqlDatabase):
-        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
-    store.bump_counters({"evidence_entries": 1})
     last = (
         EvidenceEntry.select(EvidenceEntry.sequence, EvidenceEntry.entry_hash)
         .order_by(EvidenceEntry.sequence.desc())
         .limit(1)
         .first()
     )
-    entry = {
-        "sequence": 1 if last is None else last.sequence + 1,
-        "kind": kind,
-        "subject_id": subject_id,
-        "actor": actor.name,
-        "actor_verified": bool(actor.verified),
-        "recorded_at": _time(at),
-        "document": document,
-        "previous_hash": GENESIS_HASH if last is None else last.entry_hash,
-    }
-    entry["entry_hash"] = entry_hash(entry)
+    previous = (
+        None
+        if last is None
+        else {"sequence": last.sequence, "entry_hash": last.entry_hash}
+    )
+    entry = chain_entry(
+        previous,
+        kind=kind,
+        subject_id=subject_id,
+        actor=actor,
+        recorded_at=_time(at),
+        document=document,
+    )
     EvidenceEntry.insert(
         sequence=entry["sequence"],
         kind=kind,
@@ -288,20 +363,72 @@ def entry_document(row: EvidenceEntry) -> dict[str, Any]:
     }
 
 
+_COLUMNS = (
+    EvidenceEntry.sequence,
+    EvidenceEntry.kind,
+    EvidenceEntry.subject_id,
+    EvidenceEntry.actor,
+    EvidenceEntry.actor_verified,
+    EvidenceEntry.recorded_at,
+    EvidenceEntry.document,
+    EvidenceEntry.previous_hash,
+    EvidenceEntry.entry_hash,
+)
+
+
+def _stored_entry(row: tuple) -> dict[str, Any]:
+    """
+    An entry from its raw columns, whatever was done to them.
+
+    A document that is no longer JSON, or a time out of range, is kept as it
+    is stored, so that verification reports the entry rather than failing.
+    """
+    sequence, kind, subject_id, actor, verified, recorded_at, text, previous, own = row
+    try:
+        document = json.loads(text)
+    except (TypeError, ValueError):
+        document = text
+    try:
+        recorded = _time(store.from_micros(recorded_at))
+    except (TypeError, ValueError, OverflowError):
+        recorded = recorded_at
+    return {
+        "sequence": sequence,
+        "kind": kind,
+        "subject_id": subject_id,
+        "actor": actor,
+        "actor_verified": bool(verified),
+        "recorded_at": recorded,
+        "document": document,
+        "previous_hash": previous,
+        "entry_hash": own,
+    }
+
+
+def _read_entries(condition: Any, limit: int) -> list[dict[str, Any]]:
+    query = (
+        EvidenceEntry.select(*_COLUMNS)
+        .where(condition)
+        .order_by(EvidenceEntry.sequence)
+        .limit(limit)
+    )
+    database = EvidenceEntry._meta.database
+    return [_stored_entry(row) for row in database.execute_sql(*query.sql())]
+
+
+def _entry_batches(after: int = 0) -> Iterator[list[dict[str, Any]]]:
+    while True:
+        batch = _read_entries(EvidenceEntry.sequence > after, _BATCH)
+        if not batch:
+            return
+        yield batch
+        after = batch[-1]["sequence"]
+
+
 def iter_entries(after: int = 0) -> Iterator[dict[str, Any]]:
     """Every entry after sequence ``after``, in order, read in batches."""
-    while True:
-        rows = list(
-            EvidenceEntry.select()
-            .where(EvidenceEntry.sequence > after)
-            .order_by(EvidenceEntry.sequence)
-            .limit(_BATCH)
-        )
-        if not rows:
-            return
-        for row in rows:
-            yield entry_document(row)
-        after = rows[-1].sequence
+    for batch in _entry_batches(after):
+        yield from batch
 
 
 def latest_entry(kind: str, subject_id: str) -> EvidenceEntry | None:
@@ -311,6 +438,37 @@ def latest_entry(kind: str, subject_id: str) -> EvidenceEntry | None:
         .order_by(EvidenceEntry.sequence.desc())
         .first()
     )
+
+
+# -- paging ---------------------------------------------------------------------
+
+_CURSOR = re.compile(r"evidence:([1-9][0-9]{0,18})")
+
+
+def encode_cursor(sequence: int) -> str:
+    """The cursor of the page after the entry ``sequence``."""
+    text = f"evidence:{sequence}".encode("ascii")
+    return base64.urlsafe_b64encode(text).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, parameter: str = "cursor") -> int:
+    """The sequence a cursor of the evidence list carries; others are refused."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+    except (binascii.Error, UnicodeError, ValueError):
+        text = ""
+    match = _CURSOR.fullmatch(text)
+    # One spelling per cursor: base64 that decodes alike but reads otherwise
+    # (padding bits set, say) was not issued here.
+    issued = match is not None and encode_cursor(int(match.group(1))) == cursor
+    if not issued or int(match.group(1)) >= 2**63:
+        raise InvalidInput(
+            f"{parameter} is not a cursor of the evidence list; pass next_cursor "
+            "from the previous page unchanged",
+            [FieldProblem("", "is not a valid cursor", "invalid_cursor", parameter)],
+        )
+    return int(match.group(1))
 
 
 # -- verifying ------------------------------------------------------------------
@@ -323,17 +481,21 @@ PROBLEMS = {
     "record_modified": "the record the entry vouches for was changed since",
     "record_missing": "the record the entry vouches for is gone",
     "malformed_entry": "the entry lacks a field or has one of the wrong type",
+    "entries_missing": "the log holds fewer entries than were appended; "
+    "this one and those after it are gone",
 }
 
 
 def verify_entries(
-    entries: Iterable[Mapping[str, Any]],
+    entries: Iterable[Any],
     *,
     check_record: Callable[[Mapping[str, Any]], str | None] | None = None,
 ) -> dict[str, Any]:
     """
     Check a chain of entries in order; report it intact or name the first break.
 
+    :param entries: entry documents, oldest first (a value that is not an
+        object is reported as ``malformed_entry``).
     :param check_record: called for each entry whose hash holds; returns a
         problem code (see :data:`PROBLEMS`) when the entry's record disagrees.
     """
@@ -352,13 +514,17 @@ def verify_entries(
     return _report(count, previous_hash, None, None)
 
 
-def _entry_problem(
-    entry: Mapping[str, Any], expected: int, previous_hash: str
-) -> str | None:
+def _entry_problem(entry: Any, expected: int, previous_hash: str) -> str | None:
+    if not isinstance(entry, Mapping):
+        return "malformed_entry"
     try:
         sequence = entry["sequence"]
         claimed = entry["entry_hash"]
-        if not isinstance(sequence, int) or not isinstance(claimed, str):
+        if (
+            not isinstance(sequence, int)
+            or isinstance(sequence, bool)
+            or not isinstance(claimed, str)
+        ):
             return "malformed_entry"
         if sequence != expected:
             return "sequence_gap"
@@ -366,7 +532,7 @@ def _entry_problem(
             return "previous_hash_mismatch"
         if entry_hash(entry) != claimed:
             return "entry_hash_mismatch"
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return "malformed_entry"
     return None
 
@@ -374,16 +540,19 @@ def _entry_problem(
 def _report(
     count: int,
     last_hash: str,
-    broken: Mapping[str, Any] | None,
+    broken: Any,
     problem: str | None,
 ) -> dict[str, Any]:
     first_broken = None
-    if broken is not None and problem is not None:
-        sequence = broken.get("sequence") if isinstance(broken, Mapping) else None
+    if problem is not None:
+        fields = broken if isinstance(broken, Mapping) else {}
+        sequence = fields.get("sequence")
         first_broken = {
-            "sequence": sequence if isinstance(sequence, int) else None,
-            "kind": _text_or_none(broken.get("kind")),
-            "subject_id": _text_or_none(broken.get("subject_id")),
+            "sequence": sequence
+            if isinstance(sequence, int) and not isinstance(sequence, bool)
+            else None,
+            "kind": _text_or_none(fields.get("kind")),
+            "subject_id": _text_or_none(fields.get("subject_id")),
             "problem": problem,
             "detail": PROBLEMS[problem],
         }
@@ -399,38 +568,213 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _record_problem(entry: Mapping[str, Any]) -> str | None:
-    kind = entry["kind"]
-    if kind not in _SUBJECTS:
-        return "malformed_entry"
-    current = summary_of(kind, entry["subject_id"])
-    if current is None:
-        return "record_missing"
-    if _canonical(current) != _canonical(entry["document"]):
-        return "record_modified"
-    return None
+class _StoreCheck:
+    """
+    The stored chain, batch by batch, with each record checked against the
+    latest entry that vouches for it (older entries of a record that changed
+    since, an execution claimed and then delivered, are vouched by the chain).
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], int] = {}
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        for batch in _entry_batches():
+            self._latest = _latest_sequences(batch)
+            yield from batch
+
+    def record_problem(self, entry: Mapping[str, Any]) -> str | None:
+        kind = entry["kind"]
+        if kind not in _SUBJECTS:
+            return "malformed_entry"
+        if self._latest.get((kind, entry["subject_id"])) != entry["sequence"]:
+            return None
+        current = summary_of(kind, entry["subject_id"])
+        if current is None:
+            return "record_missing"
+        if _canonical(current) != _canonical(entry["document"]):
+            return "record_modified"
+        return None
+
+
+def _latest_sequences(batch: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(kind, subject id) -> the sequence of its latest entry, for a batch's records."""
+    subjects = sorted({entry["subject_id"] for entry in batch})
+    query = (
+        EvidenceEntry.select(
+            EvidenceEntry.kind,
+            EvidenceEntry.subject_id,
+            peewee.fn.MAX(EvidenceEntry.sequence),
+        )
+        .where(EvidenceEntry.subject_id.in_(subjects))
+        .group_by(EvidenceEntry.kind, EvidenceEntry.subject_id)
+        .tuples()
+    )
+    return {(kind, subject): latest for kind, subject, latest in query}
+
+
+def _snapshot() -> Any:
+    """A read transaction that sees one moment of the log throughout."""
+    database = EvidenceEntry._meta.database
+    if isinstance(database.obj, peewee.PostgresqlDatabase):
+        return database.atomic(isolation_level="REPEATABLE READ")
+    # SQLite in WAL mode: a deferred transaction reads one snapshot from its
+    # first read on.
+    return database.atomic()
+
+
+def _verify_stored() -> tuple[dict[str, Any], int]:
+    """The store's report and the number of entries ever appended; in a snapshot."""
+    appended = entry_count()
+    check = _StoreCheck()
+    # PERF(evidence): every record is read back once, one query each; a log of
+    # millions of entries takes minutes to verify.
+    report = verify_entries(check.entries(), check_record=check.record_problem)
+    if report["intact"] and report["verified_entry_count"] < appended:
+        missing = {"sequence": report["verified_entry_count"] + 1}
+        report = _report(
+            report["verified_entry_count"],
+            report["last_entry_hash"] or GENESIS_HASH,
+            missing,
+            "entries_missing",
+        )
+    return report, appended
 
 
 def verify_store() -> dict[str, Any]:
     """Verify the stored chain, and every record against the entry vouching for it."""
-    return verify_entries(iter_entries(), check_record=_record_problem)
+    with _snapshot():
+        report, _ = _verify_stored()
+    return report
 
 
 def entry_count() -> int:
-    return store.read_counters("evidence_entries")["evidence_entries"]
+    """Entries ever appended (a counter kept with the appends)."""
+    return store.read_counters(_COUNTER)[_COUNTER]
+
+
+# -- the log of one store -------------------------------------------------------
+
+
+class EvidenceLog:
+    """
+    The evidence log of one engine's store (``engine.evidence``).
+
+    :param engine: its database and its clock are used.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def append(
+        self,
+        kind: str,
+        subject_id: str,
+        actor: Actor,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """:func:`append` on this store; ``at`` defaults to the engine's clock."""
+        moment = at if at is not None else self.engine.clock()
+        return append(self.engine.database, kind, subject_id, actor, moment)
+
+    def list_entries(
+        self,
+        *,
+        kind: str | None = None,
+        subject_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        One page of entries, oldest first (an auditor reads forward).
+
+        :param kind: only entries of this kind (one of :data:`KINDS`).
+        :param subject_id: only entries vouching for this record.
+        :param cursor: ``next_cursor`` of the previous page.
+        """
+        condition = EvidenceEntry.sequence > (decode_cursor(cursor) if cursor else 0)
+        if kind is not None:
+            condition &= EvidenceEntry.kind == kind
+        if subject_id is not None:
+            condition &= EvidenceEntry.subject_id == subject_id
+        entries = _read_entries(condition, limit + 1)
+        items = entries[:limit]
+        next_cursor = None
+        if len(entries) > limit:
+            next_cursor = encode_cursor(items[-1]["sequence"])
+        page = {"items": items, "next_cursor": next_cursor}
+        validation.check_output("evidence_page", page)
+        return page
+
+    def verify(self, *, now: datetime | None = None) -> dict[str, Any]:
+        """
+        Verify the stored log and the records (``GET .../evidence/verify``).
+
+        A broken chain is a finding, reported in the document, not an error.
+        """
+        verified_at = now if now is not None else self.engine.clock()
+        with _snapshot():
+            report, appended = _verify_stored()
+        counted = max(appended, report["verified_entry_count"])
+        document = verification_document(report, counted, verified_at)
+        validation.check_output("evidence_verification", document)
+        return document
+
+    def export(self, handle: TextIO) -> int:
+        """
+        Write every entry to ``handle``, one JSON object per line, in order.
+
+        The entries are written as stored, altered ones too, so that an
+        offline check (:func:`verify_entries`) finds what the store's would.
+        Returns how many were written.
+        """
+        count = 0
+        with _snapshot():
+            for entry in iter_entries():
+                handle.write(_export_line(entry))
+                count += 1
+        return count
+
+    def entry_count(self) -> int:
+        return entry_count()
+
+
+def _export_line(entry: Mapping[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def verification_document(
+    report: Mapping[str, Any], entry_count: int, verified_at: datetime
+) -> dict[str, Any]:
+    """A :func:`verify_entries` report as the verification document shows it."""
+    return {
+        "intact": report["intact"],
+        "verified_entry_count": report["verified_entry_count"],
+        "entry_count": entry_count,
+        "last_entry_hash": report["last_entry_hash"],
+        "first_broken_entry": report["first_broken_entry"],
+        "verified_at": _time(verified_at),
+    }
 
 
 __all__ = [
     "GENESIS_HASH",
     "KINDS",
     "PROBLEMS",
+    "SUBJECT_ID",
+    "SUBJECT_PREFIXES",
+    "EvidenceLog",
     "append",
+    "chain_entry",
+    "decode_cursor",
+    "encode_cursor",
     "entry_count",
     "entry_document",
     "entry_hash",
     "iter_entries",
     "latest_entry",
     "summary_of",
+    "verification_document",
     "verify_entries",
     "verify_store",
 ]

@@ -63,6 +63,11 @@ def api_routes(
             api_path("/connectors/{connector_id}/resume"),
             resources.ConnectorResume(engine, **options),
         ),
+        (api_path("/evidence"), resources.EvidenceEntries(engine, **options)),
+        (
+            api_path("/evidence/verify"),
+            resources.EvidenceVerification(engine, **options),
+        ),
     ]
 
 

@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import peewee
 
-from cavra_core import CavraError, ConnectorConfigError, Engine, __version__
+from cavra_core import (
+    CavraError,
+    ConnectorConfigError,
+    Engine,
+    __version__,
+    evidence,
+)
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import StoreError, describe_url, migrate, open_database
 
@@ -216,6 +225,47 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("connector_id", help="the connector's table name")
     _add_actor(resume)
     resume.set_defaults(handler=command_connectors_resume)
+
+    evidence_parser = commands.add_parser(
+        "evidence", help="the evidence log: export it, verify it"
+    )
+    evidence_parser.set_defaults(handler=lambda _: _usage(evidence_parser))
+    evidence_commands = evidence_parser.add_subparsers(
+        title="evidence commands", metavar="COMMAND"
+    )
+    export = evidence_commands.add_parser(
+        "export",
+        parents=[_common_options()],
+        help="write every entry, oldest first, one JSON object per line",
+    )
+    export.add_argument(
+        "--output",
+        metavar="FILE",
+        default=None,
+        help="the file to write, whole or not at all (default: standard output)",
+    )
+    export.set_defaults(handler=command_evidence_export)
+    verify = evidence_commands.add_parser(
+        "verify",
+        parents=[_common_options()],
+        help="check an export offline, or the store with --store (exit 1: broken)",
+    )
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="a file written by `cavra evidence export`; no database is opened",
+    )
+    source.add_argument(
+        "--store",
+        action="store_true",
+        help="check the database: the chain and every record it vouches for",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help="print the verification report as JSON"
+    )
+    verify.set_defaults(handler=command_evidence_verify)
 
     dashboard = commands.add_parser(
         "dashboard", parents=[_common_options()], help="show the worker dashboard"
@@ -453,6 +503,127 @@ def _require_connectors(engine: Engine, connector_ids: list[str]) -> None:
             "shows the configured ones (the tables of --connectors or "
             "CAVRA_CONNECTORS)"
         )
+
+
+def command_evidence_export(arguments: argparse.Namespace) -> int:
+    with Engine(arguments.database, arguments.connectors) as engine:
+        if arguments.output is None:
+            count = _export_to_stdout(engine)
+        else:
+            count = _export_to_file(engine, arguments.output)
+    if arguments.output is not None:
+        print(f"exported {count} evidence entries to {arguments.output}")
+    return 0
+
+
+def _export_to_stdout(engine: Engine) -> int:
+    # UTF-8 whatever the locale: entries hold names as they were given.
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        return engine.evidence.export(sys.stdout)
+    sys.stdout.flush()
+    handle = io.TextIOWrapper(buffer, encoding="utf-8", newline="\n")
+    try:
+        return engine.evidence.export(handle)
+    finally:
+        handle.flush()
+        handle.detach()
+
+
+def _export_to_file(engine: Engine, output: str) -> int:
+    """Write next to ``output`` and rename: a failed export leaves no part behind."""
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
+            count = engine.evidence.export(handle)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return count
+
+
+class UnreadableExport(Exception):
+    """An export that cannot be checked: unreadable, or a line that is not JSON."""
+
+
+class _ExportLines:
+    """The entries of an export file, one per line, counted as they are read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            with open(self.path, "rb") as handle:
+                for number, line in enumerate(handle, start=1):
+                    self.count = number
+                    yield self._parse(line, number)
+        except OSError as error:
+            raise UnreadableExport(
+                f"cannot read {self.path}: {error.strerror or error}"
+            ) from None
+
+    def _parse(self, line: bytes, number: int) -> Any:
+        try:
+            return json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "is not UTF-8"
+        except ValueError:
+            problem = "is not JSON"
+        raise UnreadableExport(
+            f"{self.path} line {number} {problem}; an export holds one JSON "
+            "object per line, as `cavra evidence export` writes it"
+        )
+
+
+def command_evidence_verify(arguments: argparse.Namespace) -> int:
+    """Exit 0 when the log is intact, 1 when it is broken, 2 when it is unreadable."""
+    if arguments.store:
+        with Engine(arguments.database, arguments.connectors) as engine:
+            report = engine.evidence.verify()
+        where = "the store"
+    else:
+        lines = _ExportLines(arguments.file)
+        entries = iter(lines)
+        try:
+            checked = evidence.verify_entries(entries)
+            # The rest of the file is read too: it is counted, and a line
+            # that is not JSON makes the file unreadable wherever it is.
+            for _ in entries:
+                pass
+        except UnreadableExport as error:
+            print(f"cavra: {error}", file=sys.stderr)
+            return 2
+        report = evidence.verification_document(checked, lines.count, datetime.now(UTC))
+        where = "line"
+    if arguments.json:
+        _print_json(report)
+    else:
+        print(_verification_line(report, where))
+    return 0 if report["intact"] else 1
+
+
+def _verification_line(report: dict[str, Any], where: str) -> str:
+    if report["intact"]:
+        return (
+            f"intact: {report['verified_entry_count']} entries, "
+            f"last hash {report['last_entry_hash'] or 'none'}"
+        )
+    broken = report["first_broken_entry"]
+    sequence = broken["sequence"] if broken["sequence"] is not None else "?"
+    named = " ".join(v for v in (broken["kind"], broken["subject_id"]) if v)
+    position = (
+        f" (line {report['verified_entry_count'] + 1})" if where == "line" else ""
+    )
+    return (
+        f"broken at entry {sequence}{position}"
+        + (f" ({named})" if named else "")
+        + f": {broken['problem']}, {broken['detail']}; "
+        f"the {report['verified_entry_count']} entries before it are intact"
+    )
 
 
 def command_dashboard(arguments: argparse.Namespace) -> int:

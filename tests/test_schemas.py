@@ -245,6 +245,43 @@ CONNECTOR = {
     "last_success_at": None,
 }
 
+EVIDENCE_ENTRY = {
+    "sequence": 1,
+    "kind": "retry_plan",
+    "subject_id": "rp_" + HEX,
+    "actor": "svc:planner",
+    "actor_verified": True,
+    "recorded_at": WHEN,
+    "document": {
+        key: SUMMARY[key]
+        for key in SUMMARY
+        if key not in ("actor_verified", "alert_level")
+    },
+    "previous_hash": "0" * 64,
+    "entry_hash": "ef" * 32,
+}
+EVIDENCE_VERIFIED = {
+    "intact": True,
+    "verified_entry_count": 1,
+    "entry_count": 1,
+    "last_entry_hash": "ef" * 32,
+    "first_broken_entry": None,
+    "verified_at": WHEN,
+}
+EVIDENCE_BROKEN = {
+    **EVIDENCE_VERIFIED,
+    "intact": False,
+    "verified_entry_count": 0,
+    "last_entry_hash": None,
+    "first_broken_entry": {
+        "sequence": 1,
+        "kind": "retry_plan",
+        "subject_id": "rp_" + HEX,
+        "problem": "record_modified",
+        "detail": "the record the entry vouches for was changed since",
+    },
+}
+
 GOOD: dict[str, list[Any]] = {
     "actor.json": ["a", "Dana Release <dana@example.org>", "x" * 200],
     "connector-id.json": ["splunk-prod", "0", "a" * 100],
@@ -356,6 +393,26 @@ GOOD: dict[str, list[Any]] = {
     "connector.json": [CONNECTOR],
     "connector-list.json": [{"items": [CONNECTOR]}],
     "connector-resume-request.json": [{"generated_by": "platform-owner"}],
+    "evidence-entry.json": [
+        EVIDENCE_ENTRY,
+        {
+            **EVIDENCE_ENTRY,
+            "sequence": 2,
+            "kind": "approval_revocation",
+            "subject_id": "apv_" + HEX,
+            "document": {
+                "approval_id": "apv_" + HEX,
+                "revoked_at": WHEN,
+                "revoked_by": "dana",
+                "reason": None,
+            },
+            "previous_hash": "ef" * 32,
+        },
+    ],
+    "evidence-page.json": [
+        {"items": [EVIDENCE_ENTRY], "next_cursor": "ZXZpZGVuY2U6MQ"}
+    ],
+    "evidence-verification.json": [EVIDENCE_VERIFIED, EVIDENCE_BROKEN],
     "health.json": [
         {
             "status": "ok",
@@ -402,6 +459,21 @@ DELIVERY = GOOD["delivery-request.json"][0]
 WORKER = GOOD["worker-run-request.json"][1]
 
 BAD: dict[str, list[tuple[str, Any]]] = {
+    "evidence-entry.json": [
+        ("sequence zero", changed(EVIDENCE_ENTRY, "sequence", 0)),
+        ("unknown kind", changed(EVIDENCE_ENTRY, "kind", "retry_decision")),
+        ("subject of no record", changed(EVIDENCE_ENTRY, "subject_id", "lin_" + HEX)),
+        ("short hash", changed(EVIDENCE_ENTRY, "entry_hash", "ef" * 31)),
+        ("document of another kind", changed(EVIDENCE_ENTRY, "kind", "worker_run")),
+        ("unknown document field", changed(EVIDENCE_ENTRY, "document/token", "x")),
+    ],
+    "evidence-verification.json": [
+        (
+            "unknown problem",
+            changed(EVIDENCE_BROKEN, "first_broken_entry/problem", "tampered"),
+        ),
+        ("missing count", changed(EVIDENCE_VERIFIED, "entry_count", DROP)),
+    ],
     "actor.json": [
         ("empty", ""),
         ("too long", "x" * 201),

@@ -7,6 +7,7 @@ from cavra_server.resources.base import Operation, PathParameter, Resource
 from cavra_server.resources.connectors import Connector, ConnectorResume, Connectors
 from cavra_server.resources.dashboard import WorkerDashboard
 from cavra_server.resources.deliveries import PackageDeliveries
+from cavra_server.resources.evidence import EvidenceEntries, EvidenceVerification
 from cavra_server.resources.retry_plans import RetryPlan, RetryPlanRequests, RetryPlans
 from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
 from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
@@ -16,6 +17,8 @@ __all__ = [
     "ConnectorResume",
     "Connectors",
     "DeliveryAttempts",
+    "EvidenceEntries",
+    "EvidenceVerification",
     "Health",
     "OpenApiDocument",
     "Operation",
