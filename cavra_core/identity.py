@@ -10,7 +10,21 @@ unverified.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import peewee
+
+from cavra_core import validation
+from cavra_core.decisions import format_time_precise
+from cavra_core.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from cavra_core.store import ApiToken, database_proxy
+
+log = logging.getLogger(__name__)
 
 #: Every role and what it may do, for people reading ``cavra tokens``.
 ROLES: dict[str, str] = {
@@ -48,3 +62,156 @@ def actor_for(given: str | None, actor: Actor | None) -> Actor | None:
     if given:
         return Actor(given, False)
     return actor
+
+
+# -- API tokens ------------------------------------------------------------------
+
+#: Every token starts with this, so a leaked one is easy to recognise and scan for.
+TOKEN_PREFIX = "cavra_"
+#: Longer texts cannot be tokens; they are refused without a query.
+_TOKEN_TEXT_LIMIT = 200
+_TOKEN_ID = re.compile(r"tok_[0-9a-f]{32}")
+
+
+class TokenInUse(Conflict):
+    """A token with this name exists already (revoked tokens keep their names)."""
+
+
+def token_hash(token_text: str) -> str:
+    """The SHA-256 (hex) a token is stored as."""
+    return hashlib.sha256(token_text.encode("utf-8")).hexdigest()
+
+
+def create_token(
+    name: str, role: str, now: datetime | None = None
+) -> tuple[str, dict[str, Any]]:
+    """
+    Make an API token for ``name`` with ``role``.
+
+    Returns the token itself, which is not kept and cannot be shown again, and
+    its document (as :func:`list_tokens` lists it).
+
+    Raises:
+        InvalidInput: the name breaks the actor rules (``schemas/actor.json``)
+            or the role is not one of :data:`ROLES`.
+        TokenInUse: a token, revoked or not, already has this name.
+    """
+    now = _utc(now)
+    if not isinstance(name, str) or not validation.is_valid("actor", name):
+        raise InvalidInput(
+            "A token's name must be 1 to 200 characters without control "
+            "characters; it is recorded as the actor of everything done with "
+            "the token.",
+            [FieldProblem("/name", "is not a valid actor name", "actor")],
+        )
+    if role not in ROLES:
+        raise InvalidInput(
+            f"A token's role must be one of {', '.join(ROLES)}.",
+            [FieldProblem("/role", "is not a known role", "enum")],
+        )
+
+    token_text = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = {
+        "token_id": f"tok_{secrets.token_hex(16)}",
+        "name": name,
+        "role": role,
+        "token_hash": token_hash(token_text),
+        "created_at": now,
+        "revoked_at": None,
+    }
+    try:
+        with database_proxy.atomic():
+            if ApiToken.select().where(ApiToken.name == name).exists():
+                raise _name_in_use()
+            ApiToken.insert(row).execute()
+    except peewee.IntegrityError:
+        # Another process made a token of this name between the check and
+        # the insert; the unique index decided.
+        raise _name_in_use() from None
+    log.info("api token created token_id=%s role=%s", row["token_id"], role)
+    return token_text, _token_document(ApiToken(**row))
+
+
+def _name_in_use() -> TokenInUse:
+    return TokenInUse(
+        "A token with this name exists already; revoked tokens keep their "
+        "names so that evidence names one token only. Choose another name."
+    )
+
+
+def list_tokens() -> list[dict[str, Any]]:
+    """Every token, oldest first, revoked ones too; never a hash or a token."""
+    query = ApiToken.select().order_by(ApiToken.created_at, ApiToken.token_id)
+    return [_token_document(row) for row in query]
+
+
+def revoke_token(name_or_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """
+    Revoke the token with this id (``tok_...``) or name, from ``now`` on.
+
+    Revoking a revoked token changes nothing; its document keeps the first
+    revocation time.
+
+    Raises:
+        NotFound: no token has this id or name.
+    """
+    now = _utc(now)
+    field = ApiToken.token_id if _TOKEN_ID.fullmatch(name_or_id) else ApiToken.name
+    with database_proxy.atomic():
+        row = ApiToken.get_or_none(field == name_or_id)
+        if row is None:
+            raise NotFound(
+                "No token has this name or id; `cavra tokens list` shows them."
+            )
+        if row.revoked_at is None:
+            ApiToken.update(revoked_at=now).where(
+                (ApiToken.token_id == row.token_id) & ApiToken.revoked_at.is_null()
+            ).execute()
+            row = ApiToken.get_by_id(row.token_id)
+            log.info("api token revoked token_id=%s", row.token_id)
+    return _token_document(row)
+
+
+def find_token(token_text: str) -> ApiToken | None:
+    """The unrevoked token whose text this is, or ``None``."""
+    if not token_text.startswith(TOKEN_PREFIX) or len(token_text) > _TOKEN_TEXT_LIMIT:
+        return None
+    return ApiToken.get_or_none(
+        (ApiToken.token_hash == token_hash(token_text)) & ApiToken.revoked_at.is_null()
+    )
+
+
+def authenticate(token_text: str) -> Actor | None:
+    """The verified actor of an unrevoked token, or ``None`` for any other text."""
+    row = find_token(token_text)
+    return None if row is None else token_actor(row)
+
+
+def token_actor(row: ApiToken) -> Actor:
+    """The actor a token stands for: its name, verified, with its role."""
+    return Actor(row.name, True, row.role)
+
+
+def tokens_configured() -> bool:
+    """True while at least one token is unrevoked (the API then needs one)."""
+    return ApiToken.select().where(ApiToken.revoked_at.is_null()).exists()
+
+
+def _token_document(row: ApiToken) -> dict[str, Any]:
+    return {
+        "token_id": row.token_id,
+        "name": row.name,
+        "role": row.role,
+        "created_at": format_time_precise(row.created_at),
+        "revoked_at": (
+            None if row.revoked_at is None else format_time_precise(row.revoked_at)
+        ),
+    }
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now has no UTC offset; pass an aware datetime")
+    return now.astimezone(UTC)

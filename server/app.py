@@ -20,6 +20,8 @@ import falcon
 
 from cavra_core import Engine
 from cavra_server import resources
+from cavra_server.auth import TokenAuthentication
+from cavra_server.idempotency import IdempotencyKeys
 from cavra_server.middleware import DatabaseConnection, SecurityHeaders
 from cavra_server.openapi import build_openapi
 from cavra_server.paths import API_PREFIX, api_path
@@ -90,7 +92,14 @@ def create_app(
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be at least 1")
     app = falcon.App(
-        middleware=[SecurityHeaders(), DatabaseConnection(engine.database)]
+        middleware=[
+            SecurityHeaders(),
+            DatabaseConnection(engine.database),
+            # After the connection (they query the store), tokens before keys
+            # (keys are scoped by the caller's token).
+            TokenAuthentication(),
+            IdempotencyKeys(),
+        ]
     )
     register_error_handlers(app)
 

@@ -28,6 +28,8 @@ JSON_MEDIA_TYPE = "application/json"
 MAX_DEPTH = 32
 
 _MALFORMED_TITLE = "Malformed JSON body"
+#: Where the body's bytes are kept on ``req.context`` once read.
+_BODY_BYTES = "body_bytes"
 
 
 class _RefusedJson(ValueError):
@@ -51,18 +53,7 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
             large, 400 for a body that is not one well-formed JSON object.
     """
     _require_json_media_type(req)
-    too_large = ApiProblem(
-        413,
-        "body-too-large",
-        "Request body too large",
-        f"The body is larger than {max_bytes} bytes; send fewer items per "
-        "request and split the rest over several requests.",
-    )
-    if req.content_length is not None and req.content_length > max_bytes:
-        raise too_large
-    raw = req.bounded_stream.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise too_large
+    raw = read_body_bytes(req, max_bytes)
 
     try:
         text = raw.decode("utf-8")
@@ -92,6 +83,35 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
         )
     _check_contents(document)
     return document
+
+
+def read_body_bytes(req: falcon.Request, max_bytes: int) -> bytes:
+    """
+    The body of ``req`` as bytes, read from the stream once per request.
+
+    The first caller reads it (the idempotency middleware, or else
+    :func:`read_json_object`); later callers get the same bytes.
+
+    Raises:
+        ApiProblem: 413 for a body larger than ``max_bytes``.
+    """
+    cached = req.context.get(_BODY_BYTES)
+    if cached is not None:
+        return cached
+    too_large = ApiProblem(
+        413,
+        "body-too-large",
+        "Request body too large",
+        f"The body is larger than {max_bytes} bytes; send fewer items per "
+        "request and split the rest over several requests.",
+    )
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise too_large
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise too_large
+    req.context[_BODY_BYTES] = raw
+    return raw
 
 
 def _require_json_media_type(req: falcon.Request) -> None:

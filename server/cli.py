@@ -30,9 +30,11 @@ from cavra_core import (
     Engine,
     __version__,
     evidence,
+    identity,
 )
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import StoreError, describe_url, migrate, open_database
+from cavra_server.runner import UnprotectedBind, refuse_unprotected_bind
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CavraError as error:
         _print_problem(error)
         return 2
-    except (ConnectorConfigError, PluginSetupError, StoreError) as error:
+    except (
+        ConnectorConfigError,
+        PluginSetupError,
+        StoreError,
+        UnprotectedBind,
+    ) as error:
         print(f"cavra: {error}", file=sys.stderr)
         return 2
     except peewee.OperationalError as error:
@@ -226,6 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_actor(resume)
     resume.set_defaults(handler=command_connectors_resume)
 
+    tokens = commands.add_parser("tokens", help="API tokens and their roles")
+    tokens.set_defaults(handler=lambda _: _usage(tokens))
+    token_commands = tokens.add_subparsers(title="token commands", metavar="COMMAND")
+    create = token_commands.add_parser(
+        "create",
+        parents=[_common_options()],
+        help="make a token; it is printed once and never shown again",
+        epilog="roles: "
+        + "; ".join(f"{role}: {what}" for role, what in identity.ROLES.items()),
+    )
+    create.add_argument("--role", required=True, choices=list(identity.ROLES))
+    create.add_argument(
+        "--name",
+        required=True,
+        help="who uses it; recorded as the actor of everything done with it",
+    )
+    create.set_defaults(handler=command_tokens_create)
+    token_list = token_commands.add_parser(
+        "list", parents=[_common_options()], help="list tokens (never the tokens)"
+    )
+    token_list.add_argument("--json", action="store_true", help="print them as JSON")
+    token_list.set_defaults(handler=command_tokens_list)
+    revoke = token_commands.add_parser(
+        "revoke", parents=[_common_options()], help="revoke a token at once"
+    )
+    revoke.add_argument("token", metavar="NAME", help="the token's name or tok_ id")
+    revoke.set_defaults(handler=command_tokens_revoke)
+
     evidence_parser = commands.add_parser(
         "evidence", help="the evidence log: export it, verify it"
     )
@@ -340,6 +375,13 @@ def command_api(arguments: argparse.Namespace) -> int:
     from cavra_server import create_app, serve
 
     engine = _engine(arguments)
+    try:
+        with engine.database.connection_context():
+            configured = identity.tokens_configured()
+        refuse_unprotected_bind(arguments.host, configured)
+    except UnprotectedBind:
+        engine.close()
+        raise
     log.info(
         "store open database=%s connectors=%d",
         describe_url(engine.database_url),
@@ -367,6 +409,61 @@ def command_migrate(arguments: argparse.Namespace) -> int:
         print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
         print(f"{where} is up to date")
+    return 0
+
+
+def _open_store(arguments: argparse.Namespace) -> peewee.Database:
+    """The migrated store of ``--database``, for commands that need no engine."""
+    database = open_database(arguments.database or os.environ.get("CAVRA_DATABASE_URL"))
+    migrate(database)
+    return database
+
+
+def command_tokens_create(arguments: argparse.Namespace) -> int:
+    database = _open_store(arguments)
+    with database.connection_context():
+        token, document = identity.create_token(arguments.name, arguments.role)
+    # The token alone on standard output, so that it can be captured.
+    print(token)
+    print(
+        f"token {document['token_id']} for {document['name']} (role "
+        f"{document['role']}); it will not be shown again, so keep it now",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def command_tokens_list(arguments: argparse.Namespace) -> int:
+    database = _open_store(arguments)
+    with database.connection_context():
+        tokens = identity.list_tokens()
+    if arguments.json:
+        _print_json({"tokens": tokens})
+        return 0
+    _print_table(
+        ["token", "name", "role", "created", "revoked"],
+        [
+            [
+                t["token_id"],
+                t["name"],
+                t["role"],
+                t["created_at"],
+                t["revoked_at"] or "-",
+            ]
+            for t in tokens
+        ],
+    )
+    return 0
+
+
+def command_tokens_revoke(arguments: argparse.Namespace) -> int:
+    database = _open_store(arguments)
+    with database.connection_context():
+        document = identity.revoke_token(arguments.token)
+    print(
+        f"token {document['token_id']} ({document['name']}) revoked at "
+        f"{document['revoked_at']}"
+    )
     return 0
 
 

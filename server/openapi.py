@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cavra_core import __version__, validation
+from cavra_server import idempotency
+from cavra_server.auth import PUBLIC_OPERATIONS, WWW_AUTHENTICATE, auth_problems
 from cavra_server.problems import PROBLEM_JSON, PROBLEM_STATUSES
 from cavra_server.resources.base import JSON_TYPE, Operation, Resource
 
@@ -23,6 +25,9 @@ OPENAPI_VERSION = "3.1.0"
 _COMPONENT_SCHEMAS = "#/components/schemas/"
 _COMPONENT_RESPONSES = "#/components/responses/"
 _SUCCESS_DESCRIPTIONS = {200: "OK.", 201: "Created.", 302: "Found: a redirect."}
+_SECURITY_SCHEME = "apiToken"
+#: Problems of every POST, from its Idempotency-Key: in use, reused.
+_IDEMPOTENCY_PROBLEMS = (409, 422)
 
 _DESCRIPTION = (
     "Recoverable, governed delivery of acknowledgement audit packages to SIEM "
@@ -49,7 +54,19 @@ def build_openapi(routes: Sequence[tuple[str, Resource]]) -> dict[str, Any]:
         "openapi": OPENAPI_VERSION,
         "info": {"title": "cavra", "version": __version__, "description": _DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": schemas, "responses": _problem_responses()},
+        "components": {
+            "schemas": schemas,
+            "responses": _problem_responses(),
+            "securitySchemes": {
+                _SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (`cavra tokens create`). Needed "
+                    "once any token exists; until then the API serves loopback "
+                    "clients without one.",
+                }
+            },
+        },
     }
 
 
@@ -109,26 +126,35 @@ def _path_item(resource: Resource, names: Mapping[str, str]) -> dict[str, Any]:
             for parameter in resource.path_parameters
         ]
     for method, operation in resource.operations.items():
-        item[method.lower()] = _operation(operation, names)
+        item[method.lower()] = _operation(operation, names, method)
     return item
 
 
-def _operation(operation: Operation, names: Mapping[str, str]) -> dict[str, Any]:
+def _operation(
+    operation: Operation, names: Mapping[str, str], method: str
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "operationId": operation.operation_id,
         "summary": operation.summary,
     }
-    if operation.query:
-        document["parameters"] = [
-            {
-                "name": parameter.name,
-                "in": "query",
-                "required": False,
-                "description": parameter.description,
-                "schema": _rewrite_refs(parameter.schema, None, names),
-            }
-            for parameter in operation.query
-        ]
+    parameters = [
+        {
+            "name": parameter.name,
+            "in": "query",
+            "required": False,
+            "description": parameter.description,
+            "schema": _rewrite_refs(parameter.schema, None, names),
+        }
+        for parameter in operation.query
+    ]
+    problems = {*operation.problems, *auth_problems(operation.operation_id)}
+    if method == "POST":
+        parameters.append(_idempotency_key_parameter())
+        problems.update(_IDEMPOTENCY_PROBLEMS)
+    if parameters:
+        document["parameters"] = parameters
+    if operation.operation_id not in PUBLIC_OPERATIONS:
+        document["security"] = [{_SECURITY_SCHEME: []}]
     if operation.request is not None:
         document["requestBody"] = {
             "required": True,
@@ -136,13 +162,29 @@ def _operation(operation: Operation, names: Mapping[str, str]) -> dict[str, Any]
         }
     responses: dict[str, Any] = {}
     for status, body in operation.responses.items():
-        responses[str(status)] = _success_response(
-            status, body, operation.response_headers.get(status, {})
-        )
-    for status in sorted(operation.problems):
+        headers = dict(operation.response_headers.get(status, {}))
+        if method == "POST":
+            headers[idempotency.REPLAYED_HEADER] = (
+                "true when this is the stored answer to an earlier request "
+                "with the same Idempotency-Key."
+            )
+        responses[str(status)] = _success_response(status, body, headers)
+    for status in sorted(problems):
         responses[str(status)] = {"$ref": _COMPONENT_RESPONSES + _problem_key(status)}
     document["responses"] = responses
     return document
+
+
+def _idempotency_key_parameter() -> dict[str, Any]:
+    return {
+        "name": idempotency.KEY_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Send the request again with the same key to get the "
+        "first answer again (marked Idempotent-Replayed: true) instead of "
+        "doing it twice; kept 24 hours per caller, method and path.",
+        "schema": copy.deepcopy(idempotency.KEY_SCHEMA),
+    }
 
 
 def _success_response(
@@ -176,6 +218,13 @@ def _problem_responses() -> dict[str, Any]:
             response["headers"] = {
                 "Allow": {
                     "description": "The methods the resource takes.",
+                    "schema": {"type": "string"},
+                }
+            }
+        if status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "description": f"The challenge: {WWW_AUTHENTICATE}.",
                     "schema": {"type": "string"},
                 }
             }

@@ -4,6 +4,9 @@ Serving the app with waitress until SIGTERM or SIGINT.
 Once the socket is bound, exactly one line goes to standard output:
 ``cavra api listening on http://HOST:PORT``, with the real port when port 0
 asked for an ephemeral one, so a supervisor or a test can wait for it.
+
+Without an API token the API has no authentication, so it is served on a
+loopback address only (:func:`refuse_unprotected_bind`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,33 @@ from typing import Any
 import waitress
 from waitress import wasyncore
 
+from cavra_server.auth import is_loopback
+
 log = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class UnprotectedBind(RuntimeError):
+    """Serving on this address would open the API to the network without tokens."""
+
+
+def refuse_unprotected_bind(host: str, tokens_configured: bool) -> None:
+    """
+    Refuse to serve on ``host`` when it is not a loopback address and the
+    store has no unrevoked API token.
+
+    Raises:
+        UnprotectedBind: the message says how to serve safely.
+    """
+    if tokens_configured or is_loopback(host):
+        return
+    raise UnprotectedBind(
+        f"refusing to serve on {host or 'every interface'}: no API token is "
+        "configured, so anyone who reaches this address could use the API "
+        "without one. Create a token first (cavra tokens create --role admin "
+        "--name NAME) or serve on 127.0.0.1."
+    )
 
 
 def serve(

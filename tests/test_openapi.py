@@ -13,7 +13,18 @@ from openapi_spec_validator import validate
 from cavra_core import Engine, validation
 from cavra_server import create_app
 
-PROBLEM_STATUSES = {"400", "404", "405", "409", "413", "415", "422", "500"}
+PROBLEM_STATUSES = {
+    "400",
+    "401",
+    "403",
+    "404",
+    "405",
+    "409",
+    "413",
+    "415",
+    "422",
+    "500",
+}
 
 
 @pytest.fixture
