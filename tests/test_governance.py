@@ -17,7 +17,7 @@ from plugins_fixtures import (
     rfc3339,
 )
 
-from cavra_core import Conflict, NotFound, UnprocessableInput, evidence
+from cavra_core import Conflict, InvalidInput, NotFound, UnprocessableInput, evidence
 from cavra_core.errors import Forbidden
 from cavra_core.identity import Actor
 from cavra_core.store import Execution, Lineage, WorkerRun
@@ -98,7 +98,7 @@ def test_plan_without_token_records_the_name_as_given_unverified(engine) -> None
 
 
 def test_plan_without_token_or_name_names_the_missing_field(engine) -> None:
-    with pytest.raises(UnprocessableInput) as caught:
+    with pytest.raises(InvalidInput) as caught:
         engine.plan_retries({}, now=T0)
 
     assert caught.value.problems[0].pointer == "/generated_by"
