@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         path = directory / f"dashboard-{size}.db"
         if not path.exists():
             totals = seed(path, size, args.history_days)
-            print(f"seeded {size:,} attempts in {totals['seconds']} s")
+            print(f"seeded {size:,} attempts in {totals['seconds']:.1f} s")
         counts = store_counts(path)
         print(
             f"store {size:,}: "

@@ -165,8 +165,8 @@ def time_floor(
     connection.execute(
         'INSERT INTO "retry_plan" ("retry_plan_id", "plan_hash", "generated_at", '
         '"generated_by", "policy", "decision_count", "retryable_count", '
-        '"waiting_count", "suppressed_count", "alert_level") '
-        "VALUES (?, '', 0, 'bench', '{}', 0, 0, 0, 0, 'healthy')",
+        '"waiting_count", "suppressed_count", "alert_level", "actor_verified") '
+        "VALUES (?, '', 0, 'bench', '{}', 0, 0, 0, 0, 'healthy', 0)",
         (plan_id,),
     )
     fresh = [(f"rd_{random.getrandbits(128):032x}", *row[1:]) for row in rows]

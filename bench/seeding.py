@@ -559,6 +559,7 @@ def seed_worker_runs(
         "skipped_count",
         "notes",
         "selected_retries",
+        "actor_verified",
     )
     policy = json.dumps(
         {
@@ -635,6 +636,7 @@ def seed_worker_runs(
                     else ["Live run."]
                 ),
                 json.dumps(selected_docs, sort_keys=True, separators=(",", ":")),
+                0,
             )
 
     connection = sqlite3.connect(database_path, isolation_level=None)
