@@ -4,14 +4,15 @@ The built-in default policy, written as an ordinary plugin.
 It answers every hook, marked ``trylast`` so that a connector plugin's answer
 for its own connector type is always asked for first. It reads failures by
 HTTP status and transport error, keeps the attempt and age limits, applies
-exponential backoff with a cap and the receiver's ``Retry-After``, and keeps
-retries inside the connector's delivery calendar.
+exponential backoff with a cap and the receiver's ``Retry-After``, keeps
+retries inside the connector's delivery calendar, and names generic recovery
+steps for each failure category.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -19,13 +20,15 @@ from typing import Any
 from cavra_core.calendar import DeliveryCalendar
 from cavra_core.hookspecs import hookimpl
 from cavra_core.policy import RetryPolicy, jittered_delay_seconds
-from cavra_core.text import describe_failure, format_duration
+from cavra_core.text import describe_failure, format_duration, format_time
 from cavra_core.types import (
     AttemptFacts,
     Connector,
     Eligibility,
     FailureClassification,
+    FailureCount,
     LineageFacts,
+    RecoveryStep,
     ScheduleWindow,
 )
 
@@ -416,10 +419,267 @@ def cavra_narrow_window(
     )
 
 
+# -- recovery steps ----------------------------------------------------------------
+
+#: Transport errors that say the receiver could not be reached at all.
+UNREACHABLE_ERRORS = TRANSIENT_ERRORS
+#: The generic recovery steps, most urgent first: code -> title.
+RECOVERY_STEP_TITLES = {
+    "reenable_receiver": "Re-enable the receiving endpoint",
+    "set_secret": "Set the connector's secret",
+    "refresh_credential": "Rotate or refresh the connector's credential",
+    "check_tls": "Check the receiver's TLS certificate and cavra's trust in it",
+    "correct_address": "Correct the receiver's address",
+    "check_index": "Check the destination index and sourcetype",
+    "review_configuration": "Review the connector's configuration",
+    "reduce_payload": "Make the packages fit the receiver's size limit",
+    "fix_request": "Fix what the receiver refuses in the request",
+    "lower_rate": "Lower the delivery rate",
+    "honour_retry_after": "Wait for the receiver's Retry-After",
+    "wait_for_capacity": "Let the busy receiver recover",
+    "check_network": "Check DNS, firewall and TLS on the way to the receiver",
+    "check_receiver": "Check the receiver's health",
+    "inspect_failures": "Inspect the unrecognised failures",
+    "resume_connector": "Resume the connector",
+}
+
+
+def recovery_need(failure: FailureCount) -> str:
+    """The generic step a kind of failure calls for (a code of the catalogue)."""
+    error_class = failure.error_class
+    status = failure.http_status
+    category = failure.category
+    if category == "receiver_stop":
+        return "reenable_receiver"
+    if category == "config":
+        if error_class in ("missing_secret", "invalid_secret"):
+            return "set_secret"
+        if status in CONFIG_STATUSES or "token" in error_class or "auth" in error_class:
+            return "refresh_credential"
+        if error_class == "tls_error":
+            return "check_tls"
+        if error_class == "redirect" or (status is not None and 300 <= status < 400):
+            return "correct_address"
+        if "index" in error_class or "sourcetype" in error_class:
+            return "check_index"
+        return "review_configuration"
+    if category == "permanent":
+        if status == 413 or "too_large" in error_class:
+            return "reduce_payload"
+        if status in (404, 405):
+            return "correct_address"
+        return "fix_request"
+    if category == "throttle":
+        return "lower_rate" if status == 429 else "wait_for_capacity"
+    if error_class in UNREACHABLE_ERRORS:
+        return "check_network"
+    if status is not None and status >= 500:
+        return "check_receiver"
+    return "inspect_failures"
+
+
+@hookimpl(trylast=True)
+def cavra_recovery_steps(
+    connector: Connector, failure_classes: Sequence[FailureCount]
+) -> list[RecoveryStep]:
+    return generic_recovery_steps(connector, failure_classes)
+
+
+def generic_recovery_steps(
+    connector: Connector, failure_classes: Sequence[FailureCount]
+) -> list[RecoveryStep]:
+    """
+    Generic steps: one per need the failures call for, most urgent first, and
+    a resume step when the connector is paused or disabled.
+
+    Connector plugins may call it for the failures they have nothing more
+    specific to say about, and put their own steps first. With no failures
+    it answers the resume step alone (or nothing for an active connector).
+    """
+    by_need: dict[str, list[FailureCount]] = {}
+    for failure in failure_classes:
+        by_need.setdefault(recovery_need(failure), []).append(failure)
+        if failure.retry_after_count:
+            by_need.setdefault("honour_retry_after", []).append(failure)
+
+    steps = [
+        RecoveryStep(
+            code,
+            title,
+            _RECOVERY_DETAILS[code](connector.connector_id, by_need[code]),
+        )
+        for code, title in RECOVERY_STEP_TITLES.items()
+        if code in by_need
+    ]
+    health = connector.health
+    if health is not None and health.state in ("paused", "disabled"):
+        steps.append(
+            RecoveryStep(
+                "resume_connector",
+                RECOVERY_STEP_TITLES["resume_connector"],
+                resume_detail(connector),
+            )
+        )
+    return steps
+
+
+def failure_summary(failures: Sequence[FailureCount]) -> str:
+    """'3 failed attempts (HTTP 401: 2, HTTP 403: 1)', for step details."""
+    total = sum(failure.count for failure in failures)
+    kinds = ", ".join(
+        f"{failure_label(failure)}: {failure.count}" for failure in failures
+    )
+    attempts = "failed attempt" if total == 1 else "failed attempts"
+    return f"{total} {attempts} ({kinds})"
+
+
+def failure_label(failure: FailureCount) -> str:
+    """'HTTP 401', 'tls_error' or 'hec_invalid_token, HTTP 403'."""
+    if failure.http_status is None:
+        return failure.error_class
+    if failure.error_class in ("http_status", "unknown"):
+        return f"HTTP {failure.http_status}"
+    return f"{failure.error_class}, HTTP {failure.http_status}"
+
+
+def resume_detail(connector: Connector) -> str:
+    """How to resume a paused or disabled connector, once its cause is fixed."""
+    health = connector.health
+    state = health.state if health is not None else "paused"
+    cause = ""
+    if health is not None and (health.error_class or health.http_status):
+        cause = f" after {_state_cause(health.error_class, health.http_status)}"
+    lifted = (
+        "A change to its table in the connectors file lifts a pause when cavra "
+        "next starts, but never a disable."
+        if state == "disabled"
+        else "A change to its table in the connectors file also lifts the pause "
+        "when cavra next starts."
+    )
+    return (
+        f"Connector {connector.connector_id} is {state}{cause}, so retries to it "
+        "wait. Once the cause is fixed, resume it with `cavra connectors resume "
+        f"{connector.connector_id}` (or its resume endpoint); the waiting "
+        f"retries are then decided afresh. {lifted}"
+    )
+
+
+def _retry_after_detail(connector_id: str, failures: Sequence[FailureCount]) -> str:
+    count = sum(failure.retry_after_count for failure in failures)
+    latest = max(
+        (f.latest_retry_after_at for f in failures if f.latest_retry_after_at),
+        default=None,
+    )
+    until = f", the latest until {format_time(latest)}" if latest else ""
+    return (
+        f"The receiver asked cavra to wait on {count} failed "
+        f"{'attempt' if count == 1 else 'attempts'} (Retry-After){until}. The "
+        "retry plan holds retries until then; do not deliver by hand before it."
+    )
+
+
+_RECOVERY_DETAILS = {
+    "reenable_receiver": lambda cid, failures: (
+        f"The receiver asked for no more deliveries: {failure_summary(failures)}. "
+        f"cavra stopped delivering to {cid}. Re-enable the endpoint at the "
+        "receiver, or point the connector at one that accepts deliveries."
+    ),
+    "set_secret": lambda cid, failures: (
+        f"A secret of {cid} is unset, empty or malformed: "
+        f"{failure_summary(failures)}. Set the environment variable that its "
+        "*_env setting names in the environment of every cavra process, in the "
+        "form the connector expects, and restart them; the secret never goes "
+        "in the connectors file."
+    ),
+    "refresh_credential": lambda cid, failures: (
+        f"The receiver refused the credentials of {cid}: "
+        f"{failure_summary(failures)}. Issue a new credential at the receiver "
+        "(or re-enable the old one), put it in the environment variable that "
+        "the connector's *_env setting names, restart cavra's processes so "
+        "they read it, and check it with `cavra connectors check "
+        f"{cid}`."
+    ),
+    "check_tls": lambda cid, failures: (
+        f"The TLS handshake with the receiver of {cid} failed: "
+        f"{failure_summary(failures)}. Check that its certificate is valid, not "
+        "expired and issued for the host the connector names, and that a CA "
+        "cavra trusts signs it (the system's, or the connector's ca_bundle); "
+        "cavra never switches verification off. `cavra connectors check "
+        f"{cid}` repeats the handshake without sending evidence."
+    ),
+    "correct_address": lambda cid, failures: (
+        f"The receiver redirected or had nothing at the address of {cid}: "
+        f"{failure_summary(failures)}. Set the connector's address in the "
+        "connectors file to the receiver's current one; cavra never follows "
+        "a redirect."
+    ),
+    "check_index": lambda cid, failures: (
+        f"The receiver refused where {cid} sends events: "
+        f"{failure_summary(failures)}. Check that the index (and sourcetype) "
+        "the connector names exists at the receiver and that its credential "
+        "may write to it, or correct the connector's settings."
+    ),
+    "review_configuration": lambda cid, failures: (
+        f"The configuration of {cid} must change: {failure_summary(failures)}. "
+        "Compare its table in the connectors file with what the receiver "
+        f"expects, then run `cavra connectors check {cid}`."
+    ),
+    "reduce_payload": lambda cid, failures: (
+        f"The receiver refused packages as too large: {failure_summary(failures)}. "
+        "Raise the receiver's size limit (or the connector's own limit, where "
+        "it has one); a retry of the same package cannot succeed before."
+    ),
+    "fix_request": lambda cid, failures: (
+        f"The receiver refused the request itself: {failure_summary(failures)}. "
+        "It refuses the same request every time, so these deliveries are not "
+        "retried. Check what the receiver expects (its schema, its required "
+        "fields) against what the connector sends, fix the side that changed, "
+        "then deliver the packages again."
+    ),
+    "lower_rate": lambda cid, failures: (
+        f"The receiver rate-limited {cid}: {failure_summary(failures)}. Lower "
+        "the rate: fewer max_retry_deliveries per worker run, a longer "
+        "retry_delay_minutes or backoff_multiplier in the connector's "
+        "retry_policy, or a higher quota at the receiver."
+    ),
+    "honour_retry_after": _retry_after_detail,
+    "wait_for_capacity": lambda cid, failures: (
+        f"The receiver of {cid} was busy: {failure_summary(failures)}. Retries "
+        "back off on their own; if it lasts, check the receiver's capacity "
+        "and queues."
+    ),
+    "check_network": lambda cid, failures: (
+        f"cavra could not reach the receiver of {cid}: "
+        f"{failure_summary(failures)}. Check that its host name resolves "
+        "(DNS), that firewalls let cavra's hosts reach its port, and that the "
+        "receiver listens there (with TLS up, where used). `cavra connectors "
+        f"check {cid}` tries without sending evidence."
+    ),
+    "check_receiver": lambda cid, failures: (
+        f"The receiver of {cid} failed with server errors: "
+        f"{failure_summary(failures)}. Check its logs and status; retries "
+        "continue while it recovers."
+    ),
+    "inspect_failures": lambda cid, failures: (
+        f"{cid} had failures without a known meaning: "
+        f"{failure_summary(failures)}. Read them in the attempts list (filtered "
+        "by connector_id) next to the receiver's logs, and classify the error "
+        "class in the connector plugin if it recurs."
+    ),
+}
+
+
 __all__ = [
+    "RECOVERY_STEP_TITLES",
     "cavra_classify_failure",
     "cavra_decide_eligibility",
     "cavra_narrow_window",
+    "cavra_recovery_steps",
     "cavra_schedule_retry",
     "classify_status",
+    "failure_label",
+    "failure_summary",
+    "generic_recovery_steps",
+    "recovery_need",
+    "resume_detail",
 ]

@@ -15,11 +15,13 @@ Call semantics are chosen per hook:
   veto, never widen, what the others said.
 
 A plugin that raises never fails a plan: the engine turns the exception into a
-``suppress`` decision with reason ``plugin_error`` for that one lineage.
+``suppress`` decision with reason ``plugin_error`` for that one lineage. Nor
+does it fail a recovery playbook: that one connector gets the default steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +34,9 @@ from cavra_core.types import (
     ConnectorType,
     Eligibility,
     FailureClassification,
+    FailureCount,
     LineageFacts,
+    RecoveryStep,
     ScheduleWindow,
 )
 
@@ -164,4 +168,33 @@ def cavra_redaction_rules() -> list[RedactionRule]:
     :return: a list of :class:`cavra_core.redaction.RedactionRule`, whose
         ``matches(key, value)`` must not raise and whose ``detail`` must not
         repeat the value; ``None`` or an empty list adds no rule.
+    """
+
+
+@hookspec(firstresult=True)
+def cavra_recovery_steps(
+    connector: Connector, failure_classes: Sequence[FailureCount]
+) -> list[RecoveryStep] | None:
+    """
+    Say what an operator should do to bring a failing connector back.
+
+    Called once per connector when a recovery playbook is made, for each
+    connector with enough failed attempts within the playbook's lookback.
+    ``firstresult``: the plugin that owns the connector's type answers with
+    steps in its receiver's terms (the token to rotate, the index to check)
+    and returns ``None`` for other types; the default policy answers last
+    with generic steps by failure category. An answer replaces every later
+    one, so a plugin answers for every kind of failure it is given.
+    Implementations are asked one by one; wrappers are not applied. A plugin
+    that raises or answers with anything but steps is skipped for that
+    connector: its item gets the default steps and a note naming the plugin.
+
+    :param connector: the configured connector, with its ``health`` (state
+        ``active``, ``paused`` or ``disabled``, and what changed it).
+    :param failure_classes: the kinds of failure within the lookback, most
+        frequent first, as :class:`cavra_core.types.FailureCount` (error
+        class, HTTP status, category, count and ``Retry-After`` facts).
+    :return: a list of 1 to 20 :class:`cavra_core.types.RecoveryStep`, the
+        most urgent first, with distinct codes; ``None`` or an empty list
+        leaves the connector to the next plugin.
     """

@@ -18,7 +18,7 @@ import logging
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,9 @@ from cavra_core.types import (
     ConnectorType,
     Eligibility,
     FailureClassification,
+    FailureCount,
     LineageFacts,
+    RecoveryStep,
     ScheduleWindow,
 )
 
@@ -44,6 +46,11 @@ DISABLED_PLUGINS_VARIABLE = "CAVRA_DISABLED_PLUGINS"
 
 
 _REASON = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+#: Bounds on a plugin's recovery steps: how many, and each text's length.
+MAX_RECOVERY_STEPS = 20
+_STEP_TITLE_LENGTH = 120
+_STEP_DETAIL_LENGTH = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _is_window(window: object) -> bool:
@@ -64,12 +71,19 @@ class PluginSetupError(RuntimeError):
 
 
 class PluginFailure(Exception):
-    """A plugin raised while answering ``hook``; the original is chained."""
+    """
+    A plugin raised while answering ``hook``; the original is chained.
 
-    def __init__(self, hook: str, error: BaseException) -> None:
+    ``plugin`` names the plugin when the host asked it alone, else None.
+    """
+
+    def __init__(
+        self, hook: str, error: BaseException, plugin: str | None = None
+    ) -> None:
         super().__init__(f"{hook} raised {type(error).__name__}")
         self.hook = hook
         self.error_type = type(error).__name__
+        self.plugin = plugin
 
 
 def build_plugin_manager(
@@ -257,6 +271,56 @@ class PluginHost:
             else window.held_by,
         )
 
+    def recovery_steps(
+        self, connector: Connector, failure_classes: Sequence[FailureCount]
+    ) -> list[RecoveryStep]:
+        """
+        The recovery steps for one failing connector, from the first plugin
+        that answers (see :func:`cavra_core.hookspecs.cavra_recovery_steps`).
+
+        Implementations are asked one at a time, in pluggy's order, so that a
+        failure can name its plugin.
+
+        Raises:
+            PluginFailure: naming the plugin that raised or answered with
+                anything but well-formed steps; the caller falls back to
+                :meth:`default_recovery_steps` for this connector.
+        """
+        name = "cavra_recovery_steps"
+        arguments = {"connector": connector, "failure_classes": tuple(failure_classes)}
+        for impl in reversed(self._hook.cavra_recovery_steps.get_hookimpls()):
+            try:
+                answer = impl.function(**{key: arguments[key] for key in impl.argnames})
+            except Exception as exc:
+                log.warning(
+                    "plugin raised hook=%s plugin=%s error=%s",
+                    name,
+                    impl.plugin_name,
+                    type(exc).__name__,
+                )
+                log.debug("plugin traceback plugin=%s", impl.plugin_name, exc_info=True)
+                raise PluginFailure(name, exc, impl.plugin_name) from exc
+            if answer is None or (isinstance(answer, list | tuple) and not answer):
+                continue
+            steps = _well_formed_steps(answer)
+            if steps is None:
+                log.warning(
+                    "plugin answered malformed steps hook=%s plugin=%s",
+                    name,
+                    impl.plugin_name,
+                )
+                raise PluginFailure(
+                    name, TypeError("not a list of recovery steps"), impl.plugin_name
+                )
+            return steps
+        raise PluginFailure(name, LookupError("no plugin answered"))
+
+    def default_recovery_steps(
+        self, connector: Connector, failure_classes: Sequence[FailureCount]
+    ) -> list[RecoveryStep]:
+        """The built-in default's steps, asked directly: the fallback."""
+        return default_policy.cavra_recovery_steps(connector, tuple(failure_classes))
+
     def _call(self, name: str, args: tuple) -> Any:
         """
         Call hook ``name`` with ``args``, in the order of its specification.
@@ -313,6 +377,38 @@ class PluginHost:
                         type(rule).__name__,
                     )
         return rules
+
+
+def _well_formed_steps(answer: Any) -> list[RecoveryStep] | None:
+    """``answer`` as recovery steps, or None when it breaks the hook's contract."""
+    if not isinstance(answer, list | tuple) or len(answer) > MAX_RECOVERY_STEPS:
+        return None
+    steps = []
+    for item in answer:
+        code = getattr(item, "code", None)
+        title = getattr(item, "title", None)
+        detail = getattr(item, "detail", None)
+        well_formed = (
+            isinstance(code, str)
+            and _REASON.fullmatch(code) is not None
+            and _is_step_text(title, _STEP_TITLE_LENGTH)
+            and _is_step_text(detail, _STEP_DETAIL_LENGTH)
+        )
+        if not well_formed:
+            return None
+        steps.append(RecoveryStep(code, title, detail))
+    if len({step.code for step in steps}) != len(steps):
+        return None
+    return steps
+
+
+def _is_step_text(text: Any, limit: int) -> bool:
+    return (
+        isinstance(text, str)
+        and 0 < len(text.strip()) <= limit
+        and len(text) <= limit
+        and _CONTROL.search(text) is None
+    )
 
 
 def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:

@@ -199,6 +199,40 @@ class ScheduleWindow(NamedTuple):
     held_by: str = "delay"
 
 
+class FailureCount(NamedTuple):
+    """
+    One kind of failure a connector had within a recovery playbook's lookback.
+
+    A kind is an error class with an HTTP status (``http_status`` with 401 and
+    with 429 are two kinds). ``category`` is how :func:`cavra_classify_failure`
+    reads the kind, one of :data:`FAILURE_CATEGORIES`.
+    """
+
+    error_class: str
+    http_status: int | None
+    category: str
+    count: int
+    #: How many of the failures came with a ``Retry-After``.
+    retry_after_count: int = 0
+    #: The latest ``Retry-After`` time among them (aware UTC), if any.
+    latest_retry_after_at: datetime | None = None
+
+
+class RecoveryStep(NamedTuple):
+    """
+    One thing to do to bring a failing connector back, for an operator.
+
+    ``code`` is a short stable code (1-50 lower-case letters, digits and
+    ``_``), ``title`` one line (at most 120 characters), ``detail`` what to do
+    and how to tell it worked (at most 1000 characters). Neither text may
+    carry a secret, a URL path or a private address: cavra scrubs them.
+    """
+
+    code: str
+    title: str
+    detail: str
+
+
 class ProbeCheck(NamedTuple):
     """One check of a probe: ``name`` (reachable, credentials...), pass or fail."""
 

@@ -34,6 +34,7 @@ from cavra_core import (
 from cavra_core.engine import package_hash
 from cavra_core.plugins import PluginSetupError
 from cavra_core.redaction import RedactionRule
+from cavra_core.types import FailureCount, RecoveryStep
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -42,10 +43,16 @@ HOOK_NAMES = sorted(
     for name, function in inspect.getmembers(hookspecs, inspect.isfunction)
     if name.startswith("cavra_")
 )
+#: Hooks asked while a failure is recorded and decided on.
 DECISION_HOOKS = [
     name
     for name in HOOK_NAMES
-    if name not in ("cavra_register_connector_types", "cavra_redaction_rules")
+    if name
+    not in (
+        "cavra_register_connector_types",
+        "cavra_redaction_rules",
+        "cavra_recovery_steps",
+    )
 ]
 
 
@@ -169,6 +176,16 @@ class DeferringEligibilityPlugin:
     def cavra_decide_eligibility(self, connector, lineage, classification, policy, now):
         self.asked += 1
         return None
+
+
+class VendorStepsPlugin:
+    """Gives the ``fake`` type's recovery steps: call the vendor."""
+
+    @hookimpl
+    def cavra_recovery_steps(self, connector, failure_classes):
+        if connector.type != "fake":
+            return None
+        return [RecoveryStep("call_vendor", "Call the vendor", "Ring them.")]
 
 
 class CallRecorder:
@@ -439,11 +456,25 @@ def test_default_policy_is_asked_after_every_connector_plugin(
         assert calls.index(f"plugin:{name}") < calls.index(f"default:{name}")
 
 
+def test_a_plugin_gives_the_recovery_steps_of_its_own_type(open_engine) -> None:
+    """cavra_recovery_steps: the type's plugin answers before the default."""
+    engine = open_engine(VendorStepsPlugin())
+    connector = engine.connectors.get("hook-a")
+    failures = [FailureCount("http_status", 401, "config", 2)]
+
+    steps = engine.hooks.recovery_steps(connector, failures)
+
+    assert [step.code for step in steps] == ["call_vendor"]
+    assert engine.hooks.default_recovery_steps(connector, failures)[0].code == (
+        "refresh_credential"
+    )
+
+
 def test_default_policy_implementations_are_marked_trylast(open_engine) -> None:
     """Plugins registered later still come first: the defaults are trylast."""
     engine = open_engine()
 
-    for name in DECISION_HOOKS:
+    for name in [*DECISION_HOOKS, "cavra_recovery_steps"]:
         impls = getattr(engine.plugin_manager.hook, name).get_hookimpls()
         assert impls[0].plugin_name == "cavra.default_policy"
         assert impls[0].trylast

@@ -33,7 +33,8 @@ Every delivery carries the Standard Webhooks headers ``webhook-id`` (the
 lineage's event id, the same on every retry) and ``webhook-timestamp``, and
 ``webhook-signature`` when secrets are configured (see
 :mod:`cavra_webhook.signing`). :meth:`WebhookConnectorType.probe` checks the
-secrets and the receiver without sending evidence.
+secrets and the receiver without sending evidence, and
+:mod:`cavra_webhook.recovery` says what to do when deliveries keep failing.
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ from cavra_core.types import (
     ConnectorType,
     Delivery,
     DeliveryResult,
+    FailureCount,
     ProbeCheck,
     ProbeResult,
+    RecoveryStep,
 )
+from cavra_webhook.recovery import recovery_steps
 from cavra_webhook.signing import (
     SecretError,
     decode_secret,
@@ -149,6 +153,16 @@ USER_AGENT = f"cavra/{_cavra_version()}"
 def cavra_register_connector_types() -> list[ConnectorType]:
     """Declare the ``webhook`` connector type."""
     return [WebhookConnectorType()]
+
+
+@hookimpl
+def cavra_recovery_steps(
+    connector: Connector, failure_classes: tuple[FailureCount, ...]
+) -> list[RecoveryStep] | None:
+    """Steps in webhook terms for webhook connectors; other types are not ours."""
+    if connector.type != WebhookConnectorType.name:
+        return None
+    return recovery_steps(connector, failure_classes)
 
 
 @dataclass(frozen=True)
