@@ -464,6 +464,8 @@ class RecoveryPlaybook(BaseModel):
     actor_verified = peewee.BooleanField(default=False)
     min_failure_count = peewee.IntegerField()
     lookback_hours = peewee.IntegerField()
+    #: The request's connector filter; null when every connector was looked at.
+    connector_ids = JSONTextField(null=True)
     item_count = peewee.IntegerField()
     items = JSONTextField()
 

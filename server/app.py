@@ -70,6 +70,26 @@ def api_routes(
             api_path("/evidence/verify"),
             resources.EvidenceVerification(engine, **options),
         ),
+        (
+            api_path("/connector-recovery-playbook"),
+            resources.RecoveryPlaybookRequests(engine, **options),
+        ),
+        (
+            api_path("/connector-recovery-playbooks"),
+            resources.RecoveryPlaybooks(engine, **options),
+        ),
+        (
+            api_path("/connector-recovery-playbooks/{playbook_id}"),
+            resources.RecoveryPlaybook(engine, **options),
+        ),
+        (
+            api_path("/connector-recovery-playbooks/{playbook_id}/closures"),
+            resources.RecoveryClosures(engine, **options),
+        ),
+        (
+            api_path("/connector-recovery-report"),
+            resources.RecoveryReport(engine, **options),
+        ),
     ]
 
 

@@ -282,6 +282,76 @@ EVIDENCE_BROKEN = {
     },
 }
 
+STEP = {
+    "code": "refresh_credential",
+    "title": "Rotate or refresh the connector's credential",
+    "detail": "The receiver refused the credentials: 2 failed attempts (HTTP 401: 2).",
+}
+PLAYBOOK_ITEM = {
+    "connector_id": "audit-webhook",
+    "connector_type": "webhook",
+    "category": "webhook",
+    "state": "paused",
+    "failure_count": 3,
+    "failures_by_class": {"http_status": 2, "connection_refused": 1},
+    "failed_status_codes": [401],
+    "latest_failure": {
+        "attempt_id": "att_" + HEX,
+        "error_class": "http_status",
+        "http_status": 401,
+        "started_at": WHEN,
+    },
+    "steps": [STEP],
+    "notes": [],
+    "closure_state": None,
+    "closed_at": None,
+}
+CLOSURE = {
+    "closure_id": "cl_" + HEX,
+    "playbook_id": "pb_" + HEX,
+    "connector_id": "audit-webhook",
+    "closure_state": "resolved",
+    "external_ref": "INC-4711",
+    "notes": "Token rotated.\nDeliveries flow again.",
+    "verification_refs": ["ex_" + HEX, "att_" + HEX],
+    "closed_by": "soc-analyst",
+    "actor_verified": True,
+    "closed_at": WHEN,
+}
+PLAYBOOK = {
+    "playbook_id": "pb_" + HEX,
+    "generated_at": WHEN,
+    "generated_by": "soc-analyst",
+    "actor_verified": False,
+    "min_failure_count": 2,
+    "lookback_hours": 24,
+    "lookback_start": "2025-02-28T10:00:00Z",
+    "connector_ids": None,
+    "item_count": 1,
+    "items": [PLAYBOOK_ITEM],
+    "closures": [CLOSURE],
+}
+REPORT_ITEM = {
+    "playbook_id": "pb_" + HEX,
+    "connector_id": "audit-webhook",
+    "generated_at": WHEN,
+    "closure_state": "deferred",
+    "closed_at": None,
+    "due_at": "2025-03-01T14:00:00Z",
+    "overdue": True,
+}
+REPORT = {
+    "generated_at": WHEN,
+    "slo_minutes": 240,
+    "limit": 100,
+    "open_count": 1,
+    "closed_count": 0,
+    "overdue_count": 1,
+    "open_items": [REPORT_ITEM],
+    "closed_items": [],
+    "overdue_items": [REPORT_ITEM],
+}
+
 GOOD: dict[str, list[Any]] = {
     "actor.json": ["a", "Dana Release <dana@example.org>", "x" * 200],
     "connector-id.json": ["splunk-prod", "0", "a" * 100],
@@ -393,6 +463,39 @@ GOOD: dict[str, list[Any]] = {
     "connector.json": [CONNECTOR],
     "connector-list.json": [{"items": [CONNECTOR]}],
     "connector-resume-request.json": [{"generated_by": "platform-owner"}],
+    "recovery-playbook-request.json": [
+        {},
+        {
+            "generated_by": "soc-analyst",
+            "min_failure_count": 1,
+            "lookback_hours": 720,
+            "connector_ids": ["audit-webhook"],
+        },
+    ],
+    "recovery-playbook.json": [
+        PLAYBOOK,
+        {**PLAYBOOK, "item_count": 0, "items": [], "closures": []},
+    ],
+    "recovery-playbook-page.json": [{"items": [PLAYBOOK], "next_cursor": None}],
+    "recovery-closure-request.json": [
+        {"connector_id": "audit-webhook", "closure_state": "deferred"},
+        {
+            key: CLOSURE[key]
+            for key in (
+                "connector_id",
+                "closure_state",
+                "external_ref",
+                "notes",
+                "verification_refs",
+                "closed_by",
+            )
+        },
+    ],
+    "recovery-closure.json": [
+        CLOSURE,
+        {**CLOSURE, "external_ref": None, "notes": None, "verification_refs": []},
+    ],
+    "recovery-report.json": [REPORT],
     "evidence-entry.json": [
         EVIDENCE_ENTRY,
         {
@@ -558,6 +661,50 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         ("bad cadence", changed(WORKER, "schedule/cadence", "*/5 * * * *")),
         ("unknown schedule key", changed(WORKER, "schedule/timezone", "UTC")),
         ("string dry run", changed(WORKER, "dry_run", "false")),
+    ],
+    "recovery-playbook-request.json": [
+        ("no failures", {"min_failure_count": 0}),
+        ("lookback too long", {"lookback_hours": 721}),
+        ("no connectors", {"connector_ids": []}),
+        ("repeated connector", {"connector_ids": ["a", "a"]}),
+        ("unknown field", {"dry_run": True}),
+    ],
+    "recovery-playbook.json": [
+        ("bad step code", changed(PLAYBOOK, "items/0/steps/0/code", "Rotate")),
+        ("no steps", changed(PLAYBOOK, "items/0/steps", [])),
+        ("bad class key", changed(PLAYBOOK, "items/0/failures_by_class", {"X": 1})),
+        ("unknown state", changed(PLAYBOOK, "items/0/closure_state", "done")),
+        ("run id", changed(PLAYBOOK, "playbook_id", "wr_" + HEX)),
+    ],
+    "recovery-closure-request.json": [
+        ("missing state", {"connector_id": "audit-webhook"}),
+        (
+            "plan as proof",
+            {
+                "connector_id": "a",
+                "closure_state": "resolved",
+                "verification_refs": ["rp_" + HEX],
+            },
+        ),
+        (
+            "long reference",
+            {
+                "connector_id": "a",
+                "closure_state": "resolved",
+                "external_ref": "x" * 201,
+            },
+        ),
+        (
+            "control character",
+            {"connector_id": "a", "closure_state": "deferred", "notes": "a\x07b"},
+        ),
+    ],
+    "recovery-closure.json": [
+        ("bad closure id", changed(CLOSURE, "closure_id", "cl_1"))
+    ],
+    "recovery-report.json": [
+        ("slo zero", changed(REPORT, "slo_minutes", 0)),
+        ("missing count", changed(REPORT, "overdue_count", DROP)),
     ],
     "attempt.json": [
         ("bad lineage id", changed(ATTEMPT, "lineage_id", "lin_123")),

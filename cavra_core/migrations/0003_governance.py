@@ -144,6 +144,7 @@ def up(migrator, db):
         actor_verified = BooleanField(default=False)
         min_failure_count = IntegerField()
         lookback_hours = IntegerField()
+        connector_ids = TextField(null=True)
         item_count = IntegerField()
         items = TextField()
 

@@ -8,6 +8,13 @@ from cavra_server.resources.connectors import Connector, ConnectorResume, Connec
 from cavra_server.resources.dashboard import WorkerDashboard
 from cavra_server.resources.deliveries import PackageDeliveries
 from cavra_server.resources.evidence import EvidenceEntries, EvidenceVerification
+from cavra_server.resources.recovery import (
+    RecoveryClosures,
+    RecoveryPlaybook,
+    RecoveryPlaybookRequests,
+    RecoveryPlaybooks,
+    RecoveryReport,
+)
 from cavra_server.resources.retry_plans import RetryPlan, RetryPlanRequests, RetryPlans
 from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
 from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
@@ -24,6 +31,11 @@ __all__ = [
     "Operation",
     "PackageDeliveries",
     "PathParameter",
+    "RecoveryClosures",
+    "RecoveryPlaybook",
+    "RecoveryPlaybookRequests",
+    "RecoveryPlaybooks",
+    "RecoveryReport",
     "Resource",
     "RetryPlan",
     "RetryPlanRequests",
