@@ -51,6 +51,7 @@ from cavra_core.paging import decode_cursor, encode_cursor
 from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
 from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
 from cavra_core.policy import DEFAULT_POLICY, PolicyError, RetryPolicy
+from cavra_core.recovery import Recovery
 from cavra_core.store import (
     Acknowledgement,
     AuditPackage,
@@ -229,6 +230,8 @@ class Engine:
             four_eyes = allowed.strip().lower() not in ("1", "true", "yes")
         self.approvals = Approvals(self, four_eyes=four_eyes)
         self.executions = executions.Executions(self)
+        self.recovery = Recovery(self)
+        self.evidence = evidence.EvidenceLog(self)
 
         self.database = store.open_database(self.database_url)
         if apply_migrations:
@@ -240,7 +243,6 @@ class Engine:
                 )
                 for connector_id in lifted:
                     self._reassess_connector(connector_id)
-        self.evidence = evidence.EvidenceLog(self)
 
     @property
     def backend(self) -> str:

@@ -65,6 +65,24 @@ def api_routes(
             api_path("/connectors/{connector_id}/resume"),
             resources.ConnectorResume(engine, **options),
         ),
+        (
+            api_path("/retry-plans/{retry_plan_id}/approvals"),
+            resources.PlanApprovals(engine, **options),
+        ),
+        (api_path("/approvals"), resources.Approvals(engine, **options)),
+        (
+            api_path("/approvals/{approval_id}"),
+            resources.Approval(engine, **options),
+        ),
+        (
+            api_path("/approvals/{approval_id}/revoke"),
+            resources.ApprovalRevocation(engine, **options),
+        ),
+        (api_path("/executions"), resources.Executions(engine, **options)),
+        (
+            api_path("/executions/{execution_id}"),
+            resources.Execution(engine, **options),
+        ),
         (api_path("/evidence"), resources.EvidenceEntries(engine, **options)),
         (
             api_path("/evidence/verify"),

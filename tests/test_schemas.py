@@ -110,7 +110,13 @@ def test_full_plan_and_selected_retry_extend_their_parts() -> None:
     decision = SCHEMAS["retry-decision.json"]["properties"]
     selected = SCHEMAS["selected-retry.json"]["properties"]
     assert {k: selected[k] for k in decision} == decision
-    assert set(selected) - set(decision) == {"next_attempt_number", "outcome"}
+    assert set(selected) - set(decision) == {
+        "next_attempt_number",
+        "outcome",
+        "skipped_reason",
+        "approval_id",
+        "execution_id",
+    }
 
 
 def test_effective_policy_is_the_request_policy_made_complete() -> None:
@@ -189,6 +195,7 @@ SUMMARY = {
     "plan_hash": "cd" * 32,
     "generated_at": WHEN,
     "generated_by": "svc:planner",
+    "actor_verified": True,
     "policy": POLICY,
     "decision_count": 1,
     "retryable_count": 1,
@@ -210,6 +217,7 @@ RUN = {
     "started_at": WHEN,
     "finished_at": WHEN,
     "generated_by": "scheduler",
+    "actor_verified": False,
     "policy": POLICY,
     "summary": {
         "retryable_count": 1,
@@ -223,6 +231,57 @@ RUN = {
     "selected_retries": [
         {**DECISION, "next_attempt_number": 2, "outcome": "would_deliver"}
     ],
+}
+
+APPROVAL = {
+    "approval_id": "apv_" + HEX,
+    "retry_plan_id": "rp_" + HEX,
+    "plan_hash": "cd" * 32,
+    "verdict": "approve",
+    "state": "active",
+    "approved_by": "Pat Owner",
+    "actor_verified": True,
+    "reason": "receiver fixed",
+    "created_at": WHEN,
+    "expires_at": "2025-03-02T10:00:00Z",
+    "decision_count": 1,
+    "used_count": 0,
+    "revoked_at": None,
+    "revoked_by": None,
+    "revoke_reason": None,
+}
+APPROVED_DECISION = {
+    "decision_id": "rd_" + HEX,
+    "lineage_id": "lin_" + HEX,
+    "attempt_number": 2,
+    "state": "used",
+    "used_at": WHEN,
+    "execution_id": "ex_" + HEX,
+}
+EXECUTION = {
+    "execution_id": "ex_" + HEX,
+    "run_id": "wr_" + HEX,
+    "decision_id": "rd_" + HEX,
+    "approval_id": "apv_" + HEX,
+    "lineage_id": "lin_" + HEX,
+    "package_id": PACKAGE_ID,
+    "connector_id": "splunk-prod",
+    "attempt_number": 2,
+    "outcome": "delivered",
+    "skipped_reason": None,
+    "error_class": None,
+    "http_status": 200,
+    "started_at": WHEN,
+    "finished_at": WHEN,
+    "duration_ms": 31,
+    "evidence": {"attempt_id": "att_" + HEX, "evidence_sequence": 7},
+}
+SKIPPED_EXECUTION = {
+    "outcome": "skipped",
+    "skipped_reason": "approval_stale",
+    "http_status": None,
+    "duration_ms": 0,
+    "evidence": {"attempt_id": None, "evidence_sequence": 8},
 }
 
 CONNECTOR = {
@@ -457,9 +516,29 @@ GOOD: dict[str, list[Any]] = {
             "suppressed_count": 0,
             "alert_level": "warning",
             "paused_connector_count": 1,
+            "executed_retry_count": 2,
+            "delivered_retry_count": 1,
+            "failed_retry_count": 1,
+            "skipped_retry_count": 0,
             "latest_runs": [RUN],
         }
     ],
+    "approval-request.json": [
+        {"reason": "receiver fixed", "all_retry_decisions": True},
+        {
+            "approved_by": "Pat Owner",
+            "verdict": "deny",
+            "decision_ids": ["rd_" + HEX],
+            "reason": "wait for the change window",
+            "expires_at": WHEN,
+            "plan_hash": "cd" * 32,
+        },
+    ],
+    "approval-revoke-request.json": [{"reason": "approved the wrong plan"}],
+    "approval.json": [APPROVAL, {**APPROVAL, "decisions": [APPROVED_DECISION]}],
+    "approval-page.json": [{"items": [APPROVAL], "next_cursor": None}],
+    "execution.json": [EXECUTION, {**EXECUTION, **SKIPPED_EXECUTION}],
+    "execution-page.json": [{"items": [EXECUTION], "next_cursor": None}],
     "connector.json": [CONNECTOR],
     "connector-list.json": [{"items": [CONNECTOR]}],
     "connector-resume-request.json": [{"generated_by": "platform-owner"}],
@@ -618,7 +697,6 @@ BAD: dict[str, list[tuple[str, Any]]] = {
     ],
     "delivery-request.json": [
         ("unknown field", {**DELIVERY, "url": "http://127.0.0.1/"}),
-        ("missing actor", changed(DELIVERY, "generated_by", DROP)),
         ("no connectors", changed(DELIVERY, "connectors", [])),
         ("duplicate connectors", changed(DELIVERY, "connectors", ["a", "a"])),
         (
@@ -643,8 +721,31 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         ("bad package id", changed(IMPORT, "attempts/0/package_id", "abc")),
         ("unknown attempt field", changed(IMPORT, "attempts/0/headers", {})),
     ],
+    "approval-request.json": [
+        ("missing reason", {"all_retry_decisions": True}),
+        (
+            "bad verdict",
+            {"reason": "r", "verdict": "maybe", "all_retry_decisions": True},
+        ),
+        ("plan id as decision", {"reason": "r", "decision_ids": ["rp_" + HEX]}),
+        ("repeated decision", {"reason": "r", "decision_ids": ["rd_" + HEX] * 2}),
+        (
+            "naive expiry",
+            {
+                "reason": "r",
+                "all_retry_decisions": True,
+                "expires_at": "2025-03-01T10:00:00",
+            },
+        ),
+        ("unknown field", {"reason": "r", "all_retry_decisions": True, "force": 1}),
+    ],
+    "execution.json": [
+        ("unknown outcome", changed(EXECUTION, "outcome", "sent")),
+        ("unknown skip", changed(EXECUTION, "skipped_reason", "bored")),
+        ("body kept", changed(EXECUTION, "evidence/body", "x")),
+    ],
     "retry-plan-request.json": [
-        ("empty", {}),
+        ("blank actor", {"generated_by": ""}),
         ("unknown field", {"generated_by": "dana", "force": True}),
         (
             "bad nested policy",
@@ -653,7 +754,7 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         ("unknown nested key", {"generated_by": "dana", "retry_policy": {"x": 1}}),
     ],
     "worker-run-request.json": [
-        ("missing actor", changed(WORKER, "generated_by", DROP)),
+        ("blank actor", changed(WORKER, "generated_by", "")),
         ("unknown field", {**WORKER, "approve": True}),
         ("too many deliveries", changed(WORKER, "max_retry_deliveries", 101)),
         ("bad trigger", changed(WORKER, "trigger", "cron")),

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from cavra_server.resources.approvals import (
+    Approval,
+    ApprovalRevocation,
+    Approvals,
+    PlanApprovals,
+)
 from cavra_server.resources.attempts import DeliveryAttempts
 from cavra_server.resources.base import Operation, PathParameter, Resource
 from cavra_server.resources.connectors import Connector, ConnectorResume, Connectors
 from cavra_server.resources.dashboard import WorkerDashboard
 from cavra_server.resources.deliveries import PackageDeliveries
 from cavra_server.resources.evidence import EvidenceEntries, EvidenceVerification
+from cavra_server.resources.executions import Execution, Executions
 from cavra_server.resources.recovery import (
     RecoveryClosures,
     RecoveryPlaybook,
@@ -20,6 +27,12 @@ from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
 from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
 
 __all__ = [
+    "Approval",
+    "ApprovalRevocation",
+    "Approvals",
+    "Execution",
+    "Executions",
+    "PlanApprovals",
     "Connector",
     "ConnectorResume",
     "Connectors",
