@@ -25,6 +25,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 JSON_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
+#: The console's files: its own scripts, styles and API calls, nothing inline,
+#: nothing from elsewhere.
+CONSOLE_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class DatabaseConnection:
@@ -78,3 +84,5 @@ class SecurityHeaders:
         media_type = (resp.content_type or "").split(";", 1)[0].strip().lower()
         if media_type in _JSON_TYPES:
             resp.set_header("Content-Security-Policy", JSON_CONTENT_SECURITY_POLICY)
+        elif req.path.startswith(CONSOLE_PREFIX):
+            resp.set_header("Content-Security-Policy", CONSOLE_CONTENT_SECURITY_POLICY)

@@ -949,14 +949,20 @@ def test_an_unknown_route_is_a_404_problem(client) -> None:
     problem_of(response, 404)
 
 
-def test_the_console_is_404_when_not_built(client) -> None:
+def test_the_console_is_404_when_not_built(engine, tmp_path: Path) -> None:
+    client = testing.TestClient(create_app(engine, static_dir=tmp_path))
+
     response = client.simulate_get("/console/")
 
     document = problem_of(response, 404)
     assert "console" in document["detail"].lower()
 
 
-def test_the_root_describes_the_api_when_no_console_is_built(client) -> None:
+def test_the_root_describes_the_api_when_no_console_is_built(
+    engine, tmp_path: Path
+) -> None:
+    client = testing.TestClient(create_app(engine, static_dir=tmp_path))
+
     response = client.simulate_get("/")
 
     assert response.status_code == 200
@@ -981,6 +987,16 @@ def test_a_built_console_is_served(engine, tmp_path: Path) -> None:
 
     assert response.status_code == 200
     assert "<title>console</title>" in response.text
+
+
+def test_the_shipped_console_is_served_with_a_same_origin_policy(client) -> None:
+    response = client.simulate_get("/console/")
+
+    assert response.status_code == 200
+    assert "Evidence Console" in response.text
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "unsafe-inline" not in policy
 
 
 # -- headers and connections ---------------------------------------------------
