@@ -31,7 +31,15 @@ from typing import Any
 
 import peewee
 
-from cavra_core import evidence, executions, health, redaction, store, validation
+from cavra_core import (
+    evidence,
+    executions,
+    health,
+    metrics,
+    redaction,
+    store,
+    validation,
+)
 from cavra_core.approvals import Approvals
 from cavra_core.connectors import (
     ConnectorRegistry,
@@ -837,6 +845,7 @@ class Engine:
             "worker_run_id": worker_run_id,
         }
         DeliveryAttempt.insert(**stored).execute()
+        metrics.count_delivery(source, attempt["outcome"], connector_id)
 
         changes: dict[str, Any] = {
             "attempt_count": number,
@@ -1000,6 +1009,7 @@ class Engine:
         plan_id = new_id("rp")
         hasher = hashlib.sha256(canonical_json(policy.as_document()).encode())
         counts = {"retry": 0, "wait": 0, "suppress": 0}
+        reasons: dict[tuple[str, str], int] = {}
 
         plan = {
             "retry_plan_id": plan_id,
@@ -1021,6 +1031,8 @@ class Engine:
             lineages = writer.lineage_batches()
             for decision in self.iter_decisions(overrides, now, lineages):
                 counts[decision.action] += 1
+                key = (decision.action, decision.reason)
+                reasons[key] = reasons.get(key, 0) + 1
                 batch.append(decision)
                 if len(batch) >= BATCH_SIZE:
                     writer.write(_decision_rows(batch, plan_id, position, hasher))
@@ -1039,9 +1051,7 @@ class Engine:
                     "suppressed_count": counts["suppress"],
                     "alert_level": alert_level(counts["retry"], counts["wait"]),
                 },
-                then=lambda: evidence.append(
-                    self.database, "retry_plan", plan_id, who, now
-                ),
+                then=lambda: self._seal_plan(plan_id, reasons, who, now),
             )
 
         log.info(
@@ -1054,6 +1064,17 @@ class Engine:
             counts["suppress"],
         )
         return self.get_plan(plan_id, with_decisions=False)
+
+    def _seal_plan(
+        self,
+        plan_id: str,
+        reasons: Mapping[tuple[str, str], int],
+        who: Actor,
+        now: datetime,
+    ) -> None:
+        """Count the plan's decisions and append its evidence (plan's transaction)."""
+        metrics.count_decisions("plan", reasons)
+        evidence.append(self.database, "retry_plan", plan_id, who, now)
 
     def get_plan(
         self, retry_plan_id: str, *, with_decisions: bool = True
@@ -1122,6 +1143,7 @@ class Engine:
         *,
         actor: Actor | None = None,
         now: datetime | None = None,
+        window: tuple[datetime, datetime] | None = None,
     ) -> dict[str, Any]:
         """
         Run the retry worker once (``POST .../worker-run``).
@@ -1130,11 +1152,20 @@ class Engine:
         decisions whose window holds ``now``, oldest first. A dry run (the
         default) changes nothing but its own run record. A live run sends
         only decisions whose latest approval holds (see
-        :mod:`cavra_core.executions`); at most one live run is recorded per
-        schedule window, across every worker sharing the database.
+        :mod:`cavra_core.executions`). Across every worker sharing the
+        database, a schedule window gets at most one live run and at most one
+        scheduled run (trigger ``schedule``).
+
+        Args:
+            window: the schedule window the run serves, for a scheduler whose
+                windows are not ``interval_minutes`` aligned on the epoch
+                (seconds, cron expressions); by default the aligned window
+                holding ``now``.
 
         Raises:
-            Conflict: the schedule is disabled, or this window has its live run.
+            Conflict: the schedule is disabled, or this window has its live
+                run (reason ``live_run_exists``) or its scheduled run
+                (``scheduled_run_exists``).
         """
         self._check_request("worker_run_request", request)
         started_at = _aware(now, self.clock)
@@ -1154,7 +1185,7 @@ class Engine:
                 "enable it to run the worker.",
                 [FieldProblem("/schedule/enabled", "is false", "schedule_disabled")],
             )
-        window_start, window_end = aligned_window(started_at, interval)
+        window_start, window_end = window or aligned_window(started_at, interval)
         run_id = new_id("wr")
         record = {
             "run_id": run_id,
@@ -1179,18 +1210,24 @@ class Engine:
             "notes": [],
             "selected_retries": [],
         }
-        if not dry_run:
-            self._claim_live_window(record, interval)
+        # Live and scheduled runs are recorded up front: the window's unique
+        # keys decide, in the database, which worker runs it.
+        claimed = not dry_run or trigger == "schedule"
+        if claimed:
+            self._claim_window(record, interval)
 
         # An approved manual retry may skip its delay when the request says so.
         immediate = (not dry_run) and policy.allow_immediate_retry
         covered = set() if dry_run else executions.lineages_with_words()
         counts = {"retry": 0, "wait": 0, "suppress": 0}
+        reasons: dict[tuple[str, str], int] = {}
         oldest: list[tuple[int, str, Decision]] = []
         due: list[Decision] = []
         unapproved = 0
         for decision in self.iter_decisions(overrides, started_at):
             counts[decision.action] += 1
+            key = (decision.action, decision.reason)
+            reasons[key] = reasons.get(key, 0) + 1
             may_go = decision.action == "retry" or (
                 immediate
                 and decision.action == "wait"
@@ -1256,8 +1293,9 @@ class Engine:
                     f"runs by max_retry_deliveries={limit}."
                 )
 
+        elapsed = time.perf_counter() - started
         record.update(
-            finished_at=started_at + timedelta(seconds=time.perf_counter() - started),
+            finished_at=started_at + timedelta(seconds=elapsed),
             retryable_count=counts["retry"],
             waiting_count=counts["wait"],
             suppressed_count=counts["suppress"],
@@ -1270,7 +1308,7 @@ class Engine:
         document = _run_document_from(record)
         validation.check_output("worker_run", document)
         with self.database.atomic():
-            if dry_run:
+            if not claimed:
                 WorkerRun.insert(**record).execute()
             else:
                 WorkerRun.update(
@@ -1284,11 +1322,14 @@ class Engine:
                     "selected_retries": len(selected),
                 }
             )
+            metrics.count_decisions("worker_run", reasons)
+            metrics.WORKER_RUN_SECONDS.observe(elapsed, "dry" if dry_run else "live")
             evidence.append(self.database, "worker_run", run_id, who, started_at)
         log.info(
-            "worker run finished run_id=%s dry_run=%s selected=%d executed=%d "
-            "retryable=%d",
+            "worker run finished run_id=%s trigger=%s dry_run=%s selected=%d "
+            "executed=%d retryable=%d",
             run_id,
+            trigger,
             dry_run,
             len(selected),
             executed,
@@ -1296,26 +1337,44 @@ class Engine:
         )
         return document
 
-    def _claim_live_window(self, record: dict[str, Any], interval: int) -> None:
-        """Record the live run up front; the window's unique key refuses a second."""
-        key = f"{to_micros(record['window_start'])}:{interval}"
+    def _claim_window(self, record: dict[str, Any], interval: int) -> None:
+        """
+        Record a live or scheduled run up front; the window's unique keys
+        refuse a second live run, and a second scheduled run, in one window.
+        """
+        keys = {}
+        if not record["dry_run"]:
+            keys["live_window_key"] = f"{to_micros(record['window_start'])}:{interval}"
+        if record["trigger"] == "schedule":
+            keys["schedule_window_key"] = schedule_window_key(
+                record["window_start"], record["window_end"]
+            )
         try:
             with self.database.atomic():
-                WorkerRun.insert(**record, live_window_key=key).execute()
+                WorkerRun.insert(**record, **keys).execute()
         except peewee.IntegrityError:
-            first = WorkerRun.get_or_none(WorkerRun.live_window_key == key)
-            first_id = first.run_id if first else "another run"
-            raise Conflict(
-                f"This schedule window already has its live run, {first_id}; "
-                f"the next window starts at {iso(record['window_end'])}.",
-                [
-                    FieldProblem(
-                        "/schedule",
-                        f"window has live run {first_id}",
-                        "live_run_exists",
-                    )
-                ],
-            ) from None
+            for field, kind, reason in (
+                ("live_window_key", "live", "live_run_exists"),
+                ("schedule_window_key", "scheduled", "scheduled_run_exists"),
+            ):
+                if field not in keys:
+                    continue
+                first = WorkerRun.get_or_none(getattr(WorkerRun, field) == keys[field])
+                if first is None:
+                    continue
+                raise Conflict(
+                    f"This schedule window already has its {kind} run, "
+                    f"{first.run_id}; the next window starts at "
+                    f"{iso(record['window_end'])}.",
+                    [
+                        FieldProblem(
+                            "/schedule",
+                            f"window has {kind} run {first.run_id}",
+                            reason,
+                        )
+                    ],
+                ) from None
+            raise
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         row = WorkerRun.get_or_none(WorkerRun.run_id == run_id)
@@ -1777,6 +1836,11 @@ def alert_level(retryable: int, waiting: int) -> str:
     if waiting:
         return "warning"
     return "healthy"
+
+
+def schedule_window_key(start: datetime, end: datetime) -> str:
+    """The unique key of a scheduled run's window: its bounds in microseconds."""
+    return f"{to_micros(start)}:{to_micros(end)}"
 
 
 def aligned_window(

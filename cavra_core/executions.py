@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import peewee
 
-from cavra_core import evidence, store, validation
+from cavra_core import evidence, metrics, store, validation
 from cavra_core.approvals import SKIP_REASONS, Word, skip_reason
 from cavra_core.decisions import Decision, format_time_precise
 from cavra_core.errors import CavraError, NotFound
@@ -292,6 +292,11 @@ class Executions:
                     outcome="claimed",
                     started_at=now,
                 ).execute()
+                if decision.not_before is not None:
+                    # An approved retry sent before its delay ran out (an
+                    # immediate retry) counts as no lag at all.
+                    lag = max(0.0, (now - decision.not_before).total_seconds())
+                    metrics.CLAIM_LAG_SECONDS.observe(lag, decision.connector_id)
         except peewee.IntegrityError:
             return "already_claimed"
         return ""

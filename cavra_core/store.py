@@ -257,6 +257,9 @@ class WorkerRun(BaseModel):
     #: Set on live runs only: the schedule window, unique across all workers,
     #: so a second live run in one window cannot be recorded.
     live_window_key = peewee.CharField(max_length=80, null=True, unique=True)
+    #: Set on scheduled runs only (trigger ``schedule``): the window's bounds,
+    #: unique across all workers, so one window gets one scheduled run.
+    schedule_window_key = peewee.CharField(max_length=80, null=True, unique=True)
 
     class Meta:
         indexes = (
@@ -268,7 +271,7 @@ class WorkerRun(BaseModel):
 class Counter(BaseModel):
     """Running totals kept in the same transaction as the rows they count."""
 
-    name = peewee.CharField(max_length=64, primary_key=True)
+    name = peewee.CharField(max_length=200, primary_key=True)
     value = peewee.BigIntegerField(default=0)
 
 
@@ -551,6 +554,17 @@ def read_counters(*names: str) -> dict[str, int]:
         row.name: row.value for row in Counter.select().where(Counter.name.in_(names))
     }
     return {name: int(found.get(name, 0)) for name in names}
+
+
+def counters_with_prefix(prefix: str) -> dict[str, int]:
+    """
+    Every counter whose name starts with ``prefix``, by name.
+
+    The counter table holds one row per name (a few hundred at most), so
+    reading a family of them is cheap however large the history is.
+    """
+    rows = Counter.select().where(Counter.name.startswith(prefix))
+    return {row.name: int(row.value) for row in rows}
 
 
 def open_database(url: str | None = None) -> peewee.Database:

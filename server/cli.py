@@ -5,7 +5,13 @@ Every command opens the store given by ``--database`` (or
 ``CAVRA_DATABASE_URL``, default ``sqlite:///.cavra/cavra.db``) with the
 connectors of ``--connectors`` (or ``CAVRA_CONNECTORS``). Commands print
 readable tables, or the API's JSON documents with ``--json``. Errors are
-printed as messages naming what to fix, with exit status 2.
+printed as messages naming what to fix, with exit status 2; a store that
+cannot be opened (not a database, no permission) is one such line too.
+
+``cavra api``, ``cavra migrate`` and the other commands make a new SQLite
+store (and its folder) when the file does not exist yet. ``cavra tokens``
+does not: a mistyped path would put the tokens into a store that no server
+reads, so ``tokens create`` makes a new store only with ``--create``.
 """
 
 from __future__ import annotations
@@ -31,12 +37,30 @@ from cavra_core import (
     __version__,
     evidence,
     identity,
+    validation,
 )
 from cavra_core.plugins import PluginSetupError
-from cavra_core.store import StoreError, describe_url, migrate, open_database
+from cavra_core.store import (
+    DEFAULT_DATABASE_URL,
+    StoreError,
+    describe_url,
+    migrate,
+    open_database,
+    sqlite_path,
+)
+from cavra_server.logs import LOG_FORMATS, configure_logging
 from cavra_server.runner import UnprotectedBind, refuse_unprotected_bind
+from cavra_server.worker_service import (
+    Schedule,
+    ScheduleError,
+    WorkerService,
+    cron,
+    every,
+)
 
-log = logging.getLogger(__name__)
+# Under ``python -m cavra_server.cli`` the module is ``__main__``; its log
+# lines keep the module's own name.
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
 #: The largest request body the API accepts (413 beyond).
 MAX_BODY_BYTES = 1_048_576
@@ -45,44 +69,68 @@ MAX_BODY_BYTES = 1_048_576
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    configure_logging(arguments.log_level)
+    configure_logging(arguments.log_level, arguments.log_format)
     try:
         return arguments.handler(arguments)
     except CavraError as error:
-        _print_problem(error)
+        _print_problem(error, arguments)
         return 2
     except (
         ConnectorConfigError,
         PluginSetupError,
         StoreError,
         UnprotectedBind,
+        ScheduleError,
     ) as error:
-        print(f"cavra: {error}", file=sys.stderr)
+        _print_error(str(error), arguments)
         return 2
-    except peewee.OperationalError as error:
-        print(f"cavra: cannot use the database: {_first_line(error)}", file=sys.stderr)
+    except peewee.IntegrityError:
+        raise  # a bug in cavra, not a store that cannot be used
+    except (peewee.DatabaseError, peewee.InterfaceError) as error:
+        # Not a database, no permission, no server: one line, no traceback.
+        _print_error(
+            f"cannot use the database {describe_url(_database_url(arguments))}: "
+            f"{_first_line(error)}; check --database (or CAVRA_DATABASE_URL)",
+            arguments,
+        )
         return 2
     except OSError as error:
-        print(f"cavra: {error.strerror or error}", file=sys.stderr)
+        text = str(error.strerror or error)
+        if error.filename:
+            text = f"{text}: {error.filename}"
+        if _is_store_path(error.filename, arguments):
+            text = (
+                f"cannot use the database {_database_url(arguments)}: {text}; "
+                "check --database (or CAVRA_DATABASE_URL)"
+            )
+        _print_error(text, arguments)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _is_store_path(filename: Any, arguments: argparse.Namespace) -> bool:
+    """Whether ``filename`` is the SQLite store's file or one of its folders."""
+    path = sqlite_path(_database_url(arguments))
+    if path is None or not isinstance(filename, str | os.PathLike):
+        return False
+    failed = os.path.abspath(filename)
+    return failed == path or Path(path).is_relative_to(failed)
 
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # urllib3's debug lines carry hosts and paths, which may hold secrets;
-    # peewee's carry every SQL statement with its values.
-    for noisy in ("urllib3", "peewee"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
+def _print_error(
+    message: str, arguments: argparse.Namespace, level: int = logging.ERROR
+) -> None:
+    """A message for the person at the terminal, or a log line in JSON mode."""
+    if arguments.log_format == "json":
+        log.log(level, "%s", message)
+        return
+    kind = "warning: " if level == logging.WARNING else ""
+    print(f"cavra: {kind}{message}", file=sys.stderr)
 
 
 def _common_options(log_level: str = "warning") -> argparse.ArgumentParser:
@@ -105,6 +153,15 @@ def _common_options(log_level: str = "warning") -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
     )
     return common
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("CAVRA_LOG_FORMAT", "text"),
+        choices=LOG_FORMATS,
+        help="text lines (default, or $CAVRA_LOG_FORMAT) or one JSON object a line",
+    )
 
 
 def _port(text: str) -> int:
@@ -135,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recover failed audit-evidence deliveries under governance.",
     )
     parser.add_argument("--version", action="version", version=f"cavra {__version__}")
-    parser.set_defaults(log_level="warning", handler=lambda _: _usage(parser))
+    parser.set_defaults(
+        log_level="warning", log_format="text", handler=lambda _: _usage(parser)
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     api = commands.add_parser(
@@ -144,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1", help="address to bind")
     api.add_argument("--port", type=_port, default=8000, help="port (0: any free one)")
     api.add_argument("--threads", type=_positive, default=8, help="worker threads")
+    _add_log_format(api)
     api.set_defaults(handler=command_api)
 
     migrate_command = commands.add_parser(
@@ -195,6 +255,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the run as JSON")
     run.set_defaults(handler=command_worker_run)
+
+    serve = worker_commands.add_parser(
+        "serve",
+        parents=[_common_options("info")],
+        help="run the worker on a schedule until stopped (dry runs by default)",
+        description="Run the worker at the start of every schedule window until "
+        "SIGTERM or SIGINT. Across every service sharing the database, each "
+        "window gets one scheduled run.",
+    )
+    _add_actor(serve)
+    _add_policy(serve)
+    serve_mode = serve.add_mutually_exclusive_group()
+    serve_mode.add_argument(
+        "--execute", action="store_true", help="live runs: re-deliver approved retries"
+    )
+    serve_mode.add_argument(
+        "--dry-run", action="store_true", help="record what would be sent (default)"
+    )
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument(
+        "--every",
+        metavar="DURATION",
+        default=None,
+        help="window length: 30m, 1h, 2s, 1d (default 60m)",
+    )
+    when.add_argument(
+        "--interval",
+        type=_positive,
+        default=None,
+        dest="interval_minutes",
+        help="window length in minutes, as for `cavra worker run`",
+    )
+    when.add_argument(
+        "--cron",
+        metavar="EXPR",
+        default=None,
+        help="windows between the fire times of a cron expression, in UTC",
+    )
+    serve.add_argument(
+        "--max",
+        type=int,
+        default=5,
+        dest="max_retry_deliveries",
+        help="most retries each run selects (1-100, default 5)",
+    )
+    serve.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="run once at start for the window in progress unless it has its run",
+    )
+    _add_log_format(serve)
+    serve.set_defaults(handler=command_worker_serve)
 
     runs = worker_commands.add_parser(
         "runs", parents=[_common_options()], help="list worker runs, newest first"
@@ -248,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--name",
         required=True,
         help="who uses it; recorded as the actor of everything done with it",
+    )
+    create.add_argument(
+        "--create",
+        action="store_true",
+        help="make a new store if the SQLite file does not exist yet "
+        "(without it, a missing file is refused as a likely mistake)",
     )
     create.set_defaults(handler=command_tokens_create)
     token_list = token_commands.add_parser(
@@ -363,10 +481,11 @@ def _policy(pairs: list[str]) -> dict[str, Any]:
 def _engine(arguments: argparse.Namespace) -> Engine:
     engine = Engine(arguments.database, arguments.connectors)
     if not len(engine.connectors):
-        print(
-            "cavra: warning: no connectors configured (pass --connectors or set "
+        _print_error(
+            "no connectors configured (pass --connectors or set "
             "CAVRA_CONNECTORS); lineages of unknown connectors only wait",
-            file=sys.stderr,
+            arguments,
+            logging.WARNING,
         )
     return engine
 
@@ -412,15 +531,45 @@ def command_migrate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store(arguments: argparse.Namespace) -> peewee.Database:
-    """The migrated store of ``--database``, for commands that need no engine."""
-    database = open_database(arguments.database or os.environ.get("CAVRA_DATABASE_URL"))
+def _database_url(arguments: argparse.Namespace) -> str:
+    """The store a command uses: ``--database``, the environment or the default."""
+    return (
+        getattr(arguments, "database", None)
+        or os.environ.get("CAVRA_DATABASE_URL")
+        or DEFAULT_DATABASE_URL
+    )
+
+
+def _open_store(
+    arguments: argparse.Namespace, *, may_create: bool = False
+) -> peewee.Database:
+    """
+    The migrated store of ``--database``, for the token commands.
+
+    A SQLite file that does not exist yet is refused unless ``may_create``
+    and ``--create`` are given: opening it would make a new, empty store.
+    """
+    url = _database_url(arguments)
+    path = sqlite_path(url)
+    if path is not None and url not in ("sqlite:///", "sqlite:///:memory:"):
+        wanted = may_create and getattr(arguments, "create", False)
+        if not Path(path).exists() and not wanted:
+            how = (
+                "pass --create to make a new store there"
+                if may_create
+                else "make a new store with `cavra migrate`"
+            )
+            raise StoreError(
+                f"there is no store at {path}; check --database (or "
+                f"CAVRA_DATABASE_URL) for a mistake, or {how}"
+            )
+    database = open_database(url)
     migrate(database)
     return database
 
 
 def command_tokens_create(arguments: argparse.Namespace) -> int:
-    database = _open_store(arguments)
+    database = _open_store(arguments, may_create=True)
     with database.connection_context():
         token, document = identity.create_token(arguments.name, arguments.role)
     # The token alone on standard output, so that it can be captured.
@@ -520,6 +669,52 @@ def command_worker_run(arguments: argparse.Namespace) -> int:
         return 0
     _print_run(run)
     return 0
+
+
+def command_worker_serve(arguments: argparse.Namespace) -> int:
+    """Serve until stopped; exit 0 once a stop signal's run in progress is done."""
+    if arguments.cron is not None:
+        schedule: Schedule = cron(arguments.cron)
+    elif arguments.interval_minutes is not None:
+        schedule = every(f"{arguments.interval_minutes}m")
+    else:
+        schedule = every(arguments.every or "60m")
+    request: dict[str, Any] = {
+        "generated_by": _actor(arguments),
+        "dry_run": not arguments.execute,
+        "max_retry_deliveries": arguments.max_retry_deliveries,
+    }
+    policy = _policy(arguments.policy)
+    if policy:
+        request["retry_policy"] = policy
+    # The request is checked once here, so a mistake stops the start instead
+    # of failing every window.
+    validation.check(
+        "worker_run_request",
+        {**request, "trigger": "schedule", "schedule": {"cadence": schedule.cadence}},
+    )
+    with _engine(arguments) as engine:
+        service = WorkerService(engine, schedule, request, catch_up=arguments.catch_up)
+        log.info(
+            "worker service started cadence=%s dry_run=%s max=%d database=%s",
+            schedule.cadence.replace(" ", "_"),
+            request["dry_run"],
+            arguments.max_retry_deliveries,
+            describe_url(engine.database_url),
+        )
+        service.serve(
+            ready=lambda: _announce(
+                f"cavra worker serving {schedule.cadence} "
+                f"({'LIVE' if arguments.execute else 'dry'} runs)"
+            )
+        )
+    return 0
+
+
+def _announce(line: str) -> None:
+    """One line on standard output, for a supervisor or a test to wait for."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def command_worker_runs(arguments: argparse.Namespace) -> int:
@@ -665,15 +860,40 @@ class _ExportLines:
 
     def _parse(self, line: bytes, number: int) -> Any:
         try:
-            return json.loads(line.decode("utf-8"))
+            return json.loads(line.decode("utf-8"), object_pairs_hook=_unique_keys)
         except UnicodeDecodeError:
             problem = "is not UTF-8"
+        except _RepeatedKey as error:
+            problem = f"repeats the key {error.key!r}"
         except ValueError:
             problem = "is not JSON"
+        except RecursionError:
+            raise UnreadableExport(
+                f"cannot read line {number} of {self.path}: its JSON is nested "
+                "too deep for an entry"
+            ) from None
         raise UnreadableExport(
             f"{self.path} line {number} {problem}; an export holds one JSON "
             "object per line, as `cavra evidence export` writes it"
         )
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of an export line; a key given twice is refused, not overwritten."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return document
 
 
 def command_evidence_verify(arguments: argparse.Namespace) -> int:
@@ -684,17 +904,25 @@ def command_evidence_verify(arguments: argparse.Namespace) -> int:
         where = "the store"
     else:
         lines = _ExportLines(arguments.file)
-        entries = iter(lines)
+        documents = iter(lines)
         try:
-            checked = evidence.verify_entries(entries)
+            checked, claimed = evidence.verify_export(documents)
             # The rest of the file is read too: it is counted, and a line
             # that is not JSON makes the file unreadable wherever it is.
-            for _ in entries:
+            for _ in documents:
                 pass
         except UnreadableExport as error:
             print(f"cavra: {error}", file=sys.stderr)
             return 2
-        report = evidence.verification_document(checked, lines.count, datetime.now(UTC))
+        if lines.count == 0:
+            print(
+                f"cavra: {arguments.file} is empty; an export holds its entries "
+                "and a closing line, as `cavra evidence export` writes it",
+                file=sys.stderr,
+            )
+            return 2
+        count = claimed if claimed is not None else lines.count
+        report = evidence.verification_document(checked, count, datetime.now(UTC))
         where = "line"
     if arguments.json:
         _print_json(report)
@@ -817,7 +1045,10 @@ def _print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _print_problem(error: CavraError) -> None:
+def _print_problem(error: CavraError, arguments: argparse.Namespace) -> None:
+    if arguments.log_format == "json":
+        log.error("%s", error.detail)
+        return
     print(f"cavra: {error.detail}", file=sys.stderr)
     for problem in error.problems:
         where = problem.parameter or problem.pointer or "(document)"
