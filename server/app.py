@@ -26,6 +26,7 @@ from cavra_server.middleware import DatabaseConnection, SecurityHeaders
 from cavra_server.openapi import build_openapi
 from cavra_server.paths import API_PREFIX, api_path
 from cavra_server.problems import register_error_handlers
+from cavra_server.resources.metrics import METRICS_PATH, Metrics
 from cavra_server.resources.service import CONSOLE_PATH, OPENAPI_PATH
 
 #: The prefix every API path starts with.
@@ -44,6 +45,7 @@ def api_routes(
         ("/", resources.ServiceIndex(engine, static_dir=static_dir, **options)),
         ("/healthz", resources.Health(engine, **options)),
         (OPENAPI_PATH, resources.OpenApiDocument(engine, **options)),
+        (METRICS_PATH, Metrics(engine, **options)),
         (api_path(), resources.PackageDeliveries(engine, **options)),
         (api_path("/attempts"), resources.DeliveryAttempts(engine, **options)),
         (api_path("/retry-plan"), resources.RetryPlanRequests(engine, **options)),

@@ -78,6 +78,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "getRecoveryReport": ANY_ROLE,
     "listEvidence": ANY_ROLE,
     "verifyEvidence": ANY_ROLE,
+    "getMetrics": ANY_ROLE,
     # Deliveries and plans.
     "deliverPackage": _roles("release_manager"),
     "recordAttempts": _roles("release_manager"),

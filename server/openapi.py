@@ -168,7 +168,9 @@ def _operation(
                 "true when this is the stored answer to an earlier request "
                 "with the same Idempotency-Key."
             )
-        responses[str(status)] = _success_response(status, body, headers)
+        responses[str(status)] = _success_response(
+            status, body, headers, operation.media_type
+        )
     for status in sorted(problems):
         responses[str(status)] = {"$ref": _COMPONENT_RESPONSES + _problem_key(status)}
     document["responses"] = responses
@@ -188,7 +190,10 @@ def _idempotency_key_parameter() -> dict[str, Any]:
 
 
 def _success_response(
-    status: int, body: str | dict[str, Any] | None, headers: Mapping[str, str]
+    status: int,
+    body: str | dict[str, Any] | None,
+    headers: Mapping[str, str],
+    media_type: str = JSON_TYPE,
 ) -> dict[str, Any]:
     response: dict[str, Any] = {"description": _SUCCESS_DESCRIPTIONS.get(status, "OK.")}
     if headers:
@@ -197,9 +202,9 @@ def _success_response(
             for name, description in headers.items()
         }
     if isinstance(body, str):
-        response["content"] = {JSON_TYPE: {"schema": _schema_ref(body)}}
+        response["content"] = {media_type: {"schema": _schema_ref(body)}}
     elif body is not None:
-        response["content"] = {JSON_TYPE: {"schema": copy.deepcopy(body)}}
+        response["content"] = {media_type: {"schema": copy.deepcopy(body)}}
     return response
 
 

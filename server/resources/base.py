@@ -46,6 +46,7 @@ class Operation:
         request: name of the request body's schema, if it takes a body.
         query: the query parameters it reads.
         response_headers: success status -> header name -> description.
+        media_type: the media type of its success bodies.
     """
 
     operation_id: str
@@ -55,6 +56,7 @@ class Operation:
     request: str | None = None
     query: tuple[QueryParameter, ...] = ()
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    media_type: str = JSON_TYPE
 
 
 #: Problems every operation may answer with.
