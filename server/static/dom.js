@@ -164,9 +164,10 @@ export function problemBlock(error, prefix = "") {
       h(
         "ul",
         {},
-        places.map((place) =>
-          h("li", {}, h("code", {}, place.pointer ?? place.parameter ?? ""), " ", place.detail || ""),
-        ),
+        places.map((place) => {
+          const where = place.parameter || place.pointer;
+          return h("li", {}, where ? [h("code", {}, where), " "] : null, place.detail || "");
+        }),
       ),
     );
   }
@@ -305,6 +306,8 @@ export function openDialog(title, content, { wide = false, onClose } = {}) {
 export function showFormProblem(form, alertArea, error) {
   clearFormProblems(form, alertArea);
   alertArea.appendChild(problemBlock(error));
+  // The button pressed may be far below: bring the refusal into view.
+  alertArea.scrollIntoView({ block: "nearest" });
   const places = (error.problem && error.problem.errors) || [];
   places.forEach((place, index) => {
     if (place.pointer === undefined) {
