@@ -35,16 +35,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 import peewee
 
 from cavra_core import store, validation
-from cavra_core.decisions import format_time_precise
+from cavra_core.decisions import Decision, format_time_precise
 from cavra_core.errors import FieldProblem, InvalidInput
 from cavra_core.identity import Actor
 from cavra_core.store import (
     Approval,
     ApprovalItem,
+    DeliveryAttempt,
     EvidenceEntry,
     Execution,
     RecoveryClosure,
     RecoveryPlaybook,
+    RecoveryPlaybookItem,
+    RetryDecision,
     RetryPlan,
     WorkerRun,
 )
@@ -152,7 +155,58 @@ def _plan_summary(row: RetryPlan) -> dict[str, Any]:
         "retryable_count": row.retryable_count,
         "waiting_count": row.waiting_count,
         "suppressed_count": row.suppressed_count,
+        "decision_keys_hash": _decision_keys_hash(row.retry_plan_id),
     }
+
+
+def _decision_keys_hash(plan_id: str) -> str:
+    """
+    SHA-256 of the plan's decision ids and lineage versions, in position order.
+
+    The plan hash covers every decision's content but neither its id nor the
+    lineage version an approval item copies; this covers both, one line
+    ``position decision_id lineage_version`` per decision.
+    """
+    hasher = hashlib.sha256()
+    # PERF(evidence): the plan's decisions are read back once more when its
+    # entry is appended, three narrow columns through the (plan, position)
+    # index: about a thirtieth of the time the plan itself takes.
+    for batch in _decision_batches(
+        plan_id,
+        RetryDecision.decision_id,
+        RetryDecision.lineage_version,
+    ):
+        hasher.update(
+            "".join(
+                f"{position} {decision_id} {version}\n"
+                for position, decision_id, version in batch
+            ).encode()
+        )
+    return hasher.hexdigest()
+
+
+def _decision_batches(plan_id: str, *columns: Any) -> Iterator[list[tuple]]:
+    """
+    A plan's decisions in position order, as raw ``(position, *columns)`` rows.
+
+    Raw: times as stored microseconds, JSON as text. PERF(evidence): a plan
+    may hold hundreds of thousands of decisions; the driver's rows are three
+    times quicker to read than peewee's, and keyset batches keep memory flat.
+    """
+    database = RetryDecision._meta.database
+    after = -1
+    while True:
+        query = (
+            RetryDecision.select(RetryDecision.position, *columns)
+            .where((RetryDecision.plan == plan_id) & (RetryDecision.position > after))
+            .order_by(RetryDecision.position)
+            .limit(_BATCH * 10)
+        )
+        batch = list(database.execute_sql(*query.sql()))
+        if not batch:
+            return
+        yield batch
+        after = batch[-1][0]
 
 
 def _run_summary(row: WorkerRun) -> dict[str, Any]:
@@ -170,6 +224,7 @@ def _run_summary(row: WorkerRun) -> dict[str, Any]:
         "executed_count": row.executed_count,
         "skipped_count": row.skipped_count,
         "selected_lineages": [item["lineage_id"] for item in row.selected_retries],
+        "notes": list(row.notes),
     }
 
 
@@ -259,6 +314,221 @@ _SUBJECTS: dict[str, _Subject] = {
     "execution": _Subject(Execution, _execution_summary),
     "recovery_playbook": _Subject(RecoveryPlaybook, _playbook_summary),
     "recovery_closure": _Subject(RecoveryClosure, _closure_summary),
+}
+
+
+# -- what the records must agree on ---------------------------------------------
+#
+# A summary holds what fits in an entry. These checks cover what the entry
+# cannot hold (a plan's decisions) and the rows that change after the entry
+# was appended (approval items marked used, playbook items closed), against
+# what the chain vouches for. Each runs at the latest entry of its record,
+# after that record's summary matched, and returns a problem code or None.
+
+
+def _plan_problem(plan_id: str) -> str | None:
+    """The plan's stored decisions must hash to its plan hash, as planning did."""
+    plan = RetryPlan.get(RetryPlan.retry_plan_id == plan_id)
+    # The same text plan_retries hashes: the canonical policy, then a newline
+    # and Decision.canonical_json for each decision in position order.
+    hasher = hashlib.sha256(_canonical(plan.policy).encode())
+    count = 0
+    for batch in _decision_batches(plan_id, *_HASHED_COLUMNS):
+        for position, *values in batch:
+            if position != count:
+                return "record_modified"
+            hasher.update(("\n" + _stored_decision(values).canonical_json()).encode())
+            count += 1
+    if count != plan.decision_count or hasher.hexdigest() != plan.plan_hash:
+        return "record_modified"
+    return None
+
+
+#: The decision columns the plan hash covers, in :class:`Decision` order.
+_HASHED_COLUMNS = (
+    RetryDecision.lineage_id,
+    RetryDecision.package_id,
+    RetryDecision.connector_id,
+    RetryDecision.action,
+    RetryDecision.reason,
+    RetryDecision.explanation,
+    RetryDecision.retry_count,
+    RetryDecision.max_retry_attempts,
+    RetryDecision.retry_delay_seconds,
+    RetryDecision.not_before,
+    RetryDecision.not_after,
+    RetryDecision.failed_status_codes,
+)
+
+
+def _stored_decision(values: list[Any]) -> Decision:
+    """
+    A decision rebuilt from its raw stored columns, as the model's fields
+    would read them (its lineage version aside: the plan hash leaves it out).
+    """
+    *fields, not_before, not_after, codes = values
+    failed_status_codes = json.loads(codes)
+    if not isinstance(failed_status_codes, list):
+        raise ValueError("failed_status_codes is not a list")
+    return Decision(
+        fields[0],
+        0,
+        *fields[1:],
+        None if not_before is None else store.from_micros(not_before),
+        None if not_after is None else store.from_micros(not_after),
+        tuple(failed_status_codes),
+    )
+
+
+def _approval_problem(approval_id: str) -> str | None:
+    """
+    Its items must name their decisions' lineages and versions, and its use
+    count the items marked used (each with the execution that used it).
+    """
+    approval = Approval.get(Approval.approval_id == approval_id)
+    items = (
+        ApprovalItem.select(
+            ApprovalItem.lineage_id,
+            ApprovalItem.lineage_version,
+            ApprovalItem.attempt_number,
+            ApprovalItem.used_at,
+            ApprovalItem.execution_id,
+            RetryDecision.plan,
+            RetryDecision.lineage_id,
+            RetryDecision.lineage_version,
+            RetryDecision.retry_count,
+        )
+        .join(
+            RetryDecision,
+            peewee.JOIN.LEFT_OUTER,
+            on=(ApprovalItem.decision_id == RetryDecision.decision_id),
+        )
+        .where(ApprovalItem.approval_id == approval_id)
+        .tuples()
+    )
+    used = 0
+    for lineage, version, attempt, used_at, execution_id, *decision in items:
+        plan_id, decision_lineage, decision_version, retry_count = decision
+        if (
+            plan_id != approval.retry_plan_id
+            or lineage != decision_lineage
+            or version != decision_version
+            or retry_count is None
+            or attempt != retry_count + 1
+        ):
+            return "approval_item_mismatch"
+        if (used_at is None) != (execution_id is None):
+            return "approval_use_mismatch"
+        used += used_at is not None
+    if used != approval.used_count:
+        return "approval_use_mismatch"
+    return None
+
+
+def _execution_problem(execution_id: str) -> str | None:
+    """
+    An execution that delivered or failed claimed its approval item, which
+    must say so; the delivery attempt it cites must exist and agree with it.
+    """
+    execution = Execution.get(Execution.execution_id == execution_id)
+    if execution.outcome in ("delivered", "failed") and execution.approval_id:
+        item = ApprovalItem.get_or_none(
+            (ApprovalItem.approval_id == execution.approval_id)
+            & (ApprovalItem.decision_id == execution.decision_id)
+        )
+        if (
+            item is None
+            or item.execution_id != execution_id
+            or item.used_at is None
+            or item.lineage_id != execution.lineage_id
+        ):
+            return "approval_use_mismatch"
+    if execution.attempt_id is not None:
+        attempt = DeliveryAttempt.get_or_none(
+            DeliveryAttempt.attempt_id == execution.attempt_id
+        )
+        if attempt is None:
+            return "attempt_missing"
+        if (
+            attempt.lineage_id != execution.lineage_id
+            or attempt.attempt_number != execution.attempt_number
+            or attempt.outcome != execution.outcome
+            or attempt.http_status != execution.http_status
+            or attempt.error_class != execution.error_class
+        ):
+            return "attempt_mismatch"
+    return None
+
+
+def _playbook_problem(playbook_id: str) -> str | None:
+    """One item per connector of the playbook; those never closed show no state."""
+    playbook = RecoveryPlaybook.get(RecoveryPlaybook.playbook_id == playbook_id)
+    items = list(
+        RecoveryPlaybookItem.select().where(
+            RecoveryPlaybookItem.playbook_id == playbook_id
+        )
+    )
+    closed = {
+        connector
+        for (connector,) in RecoveryClosure.select(RecoveryClosure.connector_id)
+        .where(RecoveryClosure.playbook_id == playbook_id)
+        .distinct()
+        .tuples()
+    }
+    expected = sorted(item["connector_id"] for item in playbook.items)
+    if sorted(item.connector_id for item in items) != expected:
+        return "playbook_item_mismatch"
+    for item in items:
+        if item.generated_at != playbook.generated_at:
+            return "playbook_item_mismatch"
+        if item.connector_id not in closed and (
+            item.closure_state is not None or item.closed_at is not None
+        ):
+            return "playbook_item_mismatch"
+    return None
+
+
+def _closure_problem(closure_id: str) -> str | None:
+    """The latest closure of a playbook's connector sets that item's state."""
+    # Imported here: recovery appends to this log, so it imports this module.
+    from cavra_core.recovery import CLOSED_STATES
+
+    closure = RecoveryClosure.get(RecoveryClosure.closure_id == closure_id)
+    same_item = (RecoveryClosure.playbook_id == closure.playbook_id) & (
+        RecoveryClosure.connector_id == closure.connector_id
+    )
+    latest = (
+        RecoveryClosure.select(
+            RecoveryClosure.closure_id,
+            RecoveryClosure.closure_state,
+            RecoveryClosure.closed_at,
+        )
+        .where(same_item)
+        .order_by(RecoveryClosure.closed_at.desc(), RecoveryClosure.closure_id.desc())
+        .first()
+    )
+    if latest.closure_id != closure_id:
+        return None  # the item follows a later closure, checked at its entry
+    item = RecoveryPlaybookItem.get_or_none(
+        (RecoveryPlaybookItem.playbook_id == closure.playbook_id)
+        & (RecoveryPlaybookItem.connector_id == closure.connector_id)
+    )
+    closed_at = latest.closed_at if latest.closure_state in CLOSED_STATES else None
+    if (
+        item is None
+        or item.closure_state != latest.closure_state
+        or item.closed_at != closed_at
+    ):
+        return "playbook_item_mismatch"
+    return None
+
+
+_AGREEMENTS: dict[str, Callable[[str], str | None]] = {
+    "retry_plan": _plan_problem,
+    "approval": _approval_problem,
+    "execution": _execution_problem,
+    "recovery_playbook": _playbook_problem,
+    "recovery_closure": _closure_problem,
 }
 
 
@@ -386,7 +656,7 @@ def _stored_entry(row: tuple) -> dict[str, Any]:
     sequence, kind, subject_id, actor, verified, recorded_at, text, previous, own = row
     try:
         document = json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         document = text
     try:
         recorded = _time(store.from_micros(recorded_at))
@@ -483,6 +753,22 @@ PROBLEMS = {
     "malformed_entry": "the entry lacks a field or has one of the wrong type",
     "entries_missing": "the log holds fewer entries than were appended; "
     "this one and those after it are gone",
+    "record_unreadable": "the record the entry vouches for holds a value that "
+    "cannot be read",
+    "approval_item_mismatch": "an item of the approval no longer names its "
+    "decision's lineage, lineage version or attempt",
+    "approval_use_mismatch": "the approval's record of use disagrees with the "
+    "executions: an item marked used, or not, against what an execution did, "
+    "or a use count that is not the number of items used",
+    "attempt_missing": "the delivery attempt the execution cites is gone",
+    "attempt_mismatch": "the delivery attempt the execution cites disagrees "
+    "with it: lineage, attempt number, outcome, HTTP status or error class",
+    "playbook_item_mismatch": "the playbook's items do not match its connectors, "
+    "or an item's closure state is not that of its latest closure",
+    "export_truncated": "the export ends before its closing line: lines were "
+    "cut off the end",
+    "export_mismatch": "the export's closing line does not match the entries "
+    "before it, or lines follow it",
 }
 
 
@@ -514,8 +800,26 @@ def verify_entries(
     return _report(count, previous_hash, None, None)
 
 
+#: The fields of an entry, no more and no fewer.
+ENTRY_FIELDS = frozenset(
+    (
+        "sequence",
+        "kind",
+        "subject_id",
+        "actor",
+        "actor_verified",
+        "recorded_at",
+        "document",
+        "previous_hash",
+        "entry_hash",
+    )
+)
+
+
 def _entry_problem(entry: Any, expected: int, previous_hash: str) -> str | None:
-    if not isinstance(entry, Mapping):
+    # An extra field is not covered by the hash: refused, so that an entry
+    # says nothing its hash does not vouch for.
+    if not isinstance(entry, Mapping) or set(entry) != ENTRY_FIELDS:
         return "malformed_entry"
     try:
         sequence = entry["sequence"]
@@ -532,7 +836,7 @@ def _entry_problem(entry: Any, expected: int, previous_hash: str) -> str | None:
             return "previous_hash_mismatch"
         if entry_hash(entry) != claimed:
             return "entry_hash_mismatch"
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         return "malformed_entry"
     return None
 
@@ -568,6 +872,71 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def verify_export(documents: Iterable[Any]) -> tuple[dict[str, Any], int | None]:
+    """
+    Check an export: its entries as :func:`verify_entries` does, then its
+    closing line (see :meth:`EvidenceLog.export`), which must come last and
+    match them: an export cut short, or with entries cut off its end, is
+    broken. Returns the report and the entry count the closing line gives
+    (None without a readable one).
+
+    :param documents: the export's lines, parsed, in order.
+    """
+    documents = iter(documents)
+    closing: list[Any] = []
+
+    def entries() -> Iterator[Any]:
+        for document in documents:
+            if isinstance(document, Mapping) and "export" in document:
+                closing.append(document)
+                return
+            yield document
+
+    report = verify_entries(entries())
+    trailer = closing[0] if closing and _is_trailer(closing[0]) else None
+    claimed = None if trailer is None else trailer["export"]["entry_count"]
+    if not report["intact"]:
+        return report, claimed
+
+    count = report["verified_entry_count"]
+    if not closing:
+        problem = "export_truncated"
+    elif trailer is None:
+        problem = "malformed_entry"
+    elif next(documents, _END) is not _END:
+        problem = "export_mismatch"
+    elif claimed > count:
+        problem = "entries_missing"
+    elif (
+        claimed < count
+        or trailer["export"]["last_entry_hash"] != (report["last_entry_hash"])
+    ):
+        problem = "export_mismatch"
+    else:
+        return report, claimed
+    last_hash = report["last_entry_hash"] or GENESIS_HASH
+    return _report(count, last_hash, {"sequence": count + 1}, problem), claimed
+
+
+_END = object()
+
+
+def _is_trailer(document: Mapping[str, Any]) -> bool:
+    trailer = document.get("export")
+    if set(document) != {"export"} or not isinstance(trailer, Mapping):
+        return False
+    count = trailer.get("entry_count")
+    last = trailer.get("last_entry_hash")
+    return (
+        set(trailer) == {"entry_count", "last_entry_hash", "exported_at"}
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and count >= 0
+        and (last is None or isinstance(last, str))
+        and isinstance(trailer["exported_at"], str)
+    )
+
+
 class _StoreCheck:
     """
     The stored chain, batch by batch, with each record checked against the
@@ -589,12 +958,22 @@ class _StoreCheck:
             return "malformed_entry"
         if self._latest.get((kind, entry["subject_id"])) != entry["sequence"]:
             return None
-        current = summary_of(kind, entry["subject_id"])
-        if current is None:
-            return "record_missing"
-        if _canonical(current) != _canonical(entry["document"]):
-            return "record_modified"
-        return None
+        try:
+            current = summary_of(kind, entry["subject_id"])
+            if current is None:
+                return "record_missing"
+            if _canonical(current) != _canonical(entry["document"]):
+                return "record_modified"
+            agreement = _AGREEMENTS.get(kind)
+            return None if agreement is None else agreement(entry["subject_id"])
+        except _UNREADABLE:
+            # A stored value its column cannot hold (text that is not JSON, a
+            # time that is not a number): a finding about the record.
+            return "record_unreadable"
+
+
+#: What reading a row whose stored values were corrupted raises.
+_UNREADABLE = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 def _latest_sequences(batch: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -720,19 +1099,31 @@ class EvidenceLog:
         validation.check_output("evidence_verification", document)
         return document
 
-    def export(self, handle: TextIO) -> int:
+    def export(self, handle: TextIO, *, now: datetime | None = None) -> int:
         """
-        Write every entry to ``handle``, one JSON object per line, in order.
+        Write every entry to ``handle``, one JSON object per line, in order,
+        then the closing line ``{"export": {"entry_count": N,
+        "last_entry_hash": H, "exported_at": T}}``.
 
         The entries are written as stored, altered ones too, so that an
-        offline check (:func:`verify_entries`) finds what the store's would.
-        Returns how many were written.
+        offline check (:func:`verify_export`) finds what the store's would;
+        the closing line lets it tell a whole export from one cut short.
+        Returns how many entries were written.
         """
+        exported_at = now if now is not None else self.engine.clock()
         count = 0
+        last_hash = None
         with _snapshot():
             for entry in iter_entries():
                 handle.write(_export_line(entry))
                 count += 1
+                last_hash = entry["entry_hash"]
+        closing = {
+            "entry_count": count,
+            "last_entry_hash": last_hash,
+            "exported_at": _time(exported_at),
+        }
+        handle.write(_export_line({"export": closing}))
         return count
 
     def entry_count(self) -> int:
@@ -758,6 +1149,7 @@ def verification_document(
 
 
 __all__ = [
+    "ENTRY_FIELDS",
     "GENESIS_HASH",
     "KINDS",
     "PROBLEMS",
@@ -776,5 +1168,6 @@ __all__ = [
     "summary_of",
     "verification_document",
     "verify_entries",
+    "verify_export",
     "verify_store",
 ]

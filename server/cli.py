@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = evidence_commands.add_parser(
         "export",
         parents=[_common_options()],
-        help="write every entry, oldest first, one JSON object per line",
+        help="write every entry, oldest first, one JSON object per line, "
+        "then a closing line that counts them",
     )
     export.add_argument(
         "--output",

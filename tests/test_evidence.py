@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -17,10 +18,17 @@ from hypothesis import strategies as st
 from plugins_fixtures import T0, Clock, FakePlugin, FakeType, package, record_failure
 
 from cavra_core import Engine, evidence, validation
-from cavra_core.engine import new_id
+from cavra_core.engine import canonical_json, new_id
 from cavra_core.errors import InvalidInput
 from cavra_core.identity import Actor
-from cavra_core.store import EvidenceEntry, RecoveryClosure, RecoveryPlaybook, RetryPlan
+from cavra_core.store import (
+    EvidenceEntry,
+    Execution,
+    RecoveryClosure,
+    RecoveryPlaybook,
+    RecoveryPlaybookItem,
+    RetryPlan,
+)
 from cavra_server import create_app
 from cavra_server.app import P
 from cavra_server.cli import main
@@ -54,21 +62,23 @@ def make_run(engine: Engine, by: str = "ops") -> str:
 def insert_plan(by: str = "dana", at: datetime = WHEN) -> str:
     """A plan row written directly, inside the caller's transaction."""
     plan_id = new_id("rp")
+    policy = {
+        "allow_immediate_retry": False,
+        "backoff_multiplier": 2.0,
+        "jitter": 0.0,
+        "max_age_hours": 168,
+        "max_delay_minutes": 1440,
+        "max_retry_attempts": 3,
+        "retry_delay_minutes": 15,
+        "retry_window_hours": 24,
+    }
     RetryPlan.insert(
         retry_plan_id=plan_id,
-        plan_hash="ab" * 32,
+        # A plan without decisions hashes its canonical policy alone.
+        plan_hash=hashlib.sha256(canonical_json(policy).encode()).hexdigest(),
         generated_at=at,
         generated_by=by,
-        policy={
-            "allow_immediate_retry": False,
-            "backoff_multiplier": 2.0,
-            "jitter": 0.0,
-            "max_age_hours": 168,
-            "max_delay_minutes": 1440,
-            "max_retry_attempts": 3,
-            "retry_delay_minutes": 15,
-            "retry_window_hours": 24,
-        },
+        policy=policy,
         decision_count=0,
         retryable_count=0,
         waiting_count=0,
@@ -98,6 +108,9 @@ def record_closure(engine: Engine, by: str = "sam") -> str:
             item_count=1,
             items=[{"connector_id": "hook-a"}],
         ).execute()
+        RecoveryPlaybookItem.insert(
+            playbook_id=playbook_id, connector_id="hook-a", generated_at=WHEN
+        ).execute()
         engine.evidence.append("recovery_playbook", playbook_id, Actor(by), WHEN)
     with engine.database.atomic():
         RecoveryClosure.insert(
@@ -111,6 +124,9 @@ def record_closure(engine: Engine, by: str = "sam") -> str:
             closed_by=by,
             closed_at=WHEN + timedelta(hours=1),
         ).execute()
+        RecoveryPlaybookItem.update(
+            closure_state="resolved", closed_at=WHEN + timedelta(hours=1)
+        ).where(RecoveryPlaybookItem.playbook_id == playbook_id).execute()
         engine.evidence.append(
             "recovery_closure", closure_id, Actor(by, True), WHEN + timedelta(hours=1)
         )
@@ -380,10 +396,14 @@ def test_concurrent_appends_keep_the_chain_intact_and_contiguous(
     assert report["verified_entry_count"] == report["entry_count"] == total
 
 
-def test_every_kind_of_governed_record_is_listed_and_verified(make_engine) -> None:
-    """Plans, runs, approvals, revocations, executions, playbooks, closures."""
+def governed(make_engine: Callable[..., Engine]) -> tuple[Engine, dict[str, str]]:
+    """
+    A store holding every kind of governed record, made the way users make
+    them: a plan approved and delivered by a live run, a second plan whose
+    approval was revoked, a recovery playbook closed citing the delivery.
+    """
     engine = make_engine(
-        {"hook-a": {"type": "fake"}},
+        {"hook-a": {"type": "fake"}, "hook-b": {"type": "fake"}},
         plugins=[FakePlugin(FakeType("fake"))],
         load_entry_points=False,
         clock=Clock(),
@@ -395,11 +415,15 @@ def test_every_kind_of_governed_record_is_listed_and_verified(make_engine) -> No
     record_failure(engine, T0, evidence=package("drill-1"))
     plan = engine.plan_retries({}, actor=planner, now=T0 + 20 * minute)
     word = {"reason": "receiver is back", "all_retry_decisions": True}
-    engine.approvals.create(
+    approval = engine.approvals.create(
         plan["retry_plan_id"], word, actor=owner, now=T0 + 21 * minute
     )
     run = engine.run_worker({"dry_run": False}, actor=owner, now=T0 + 22 * minute)
     record_failure(engine, T0 + 30 * minute, evidence=package("drill-2"))
+    for drill in ("drill-3", "drill-4", "drill-5"):
+        record_failure(
+            engine, T0 + 31 * minute, connector_id="hook-b", evidence=package(drill)
+        )
     second = engine.plan_retries({}, actor=planner, now=T0 + 50 * minute)
     withdrawn = engine.approvals.create(
         second["retry_plan_id"], word, actor=owner, now=T0 + 51 * minute
@@ -413,17 +437,38 @@ def test_every_kind_of_governed_record_is_listed_and_verified(make_engine) -> No
     playbook = engine.recovery.create_playbook(
         {"min_failure_count": 1}, actor=analyst, now=T0 + 60 * minute
     )
-    engine.recovery.close(
+    execution_id = run["selected_retries"][0]["execution_id"]
+    closure = engine.recovery.close(
         playbook["playbook_id"],
         {
             "connector_id": "hook-a",
             "closure_state": "mitigated",
             "notes": "Token rotated; watching the next deliveries.",
-            "verification_refs": [run["selected_retries"][0]["execution_id"]],
+            "verification_refs": [execution_id],
         },
         actor=analyst,
         now=T0 + 61 * minute,
     )
+    return engine, {
+        "plan": plan["retry_plan_id"],
+        "approval": approval["approval_id"],
+        "run": run["run_id"],
+        "execution": execution_id,
+        "attempt": Execution.get_by_id(execution_id).attempt_id,
+        "second_plan": second["retry_plan_id"],
+        "playbook": playbook["playbook_id"],
+        "closure": closure["closure_id"],
+    }
+
+
+def entry_of(kind: str, subject_id: str) -> int:
+    """The sequence of the latest entry vouching for a record."""
+    return evidence.latest_entry(kind, subject_id).sequence
+
+
+def test_every_kind_of_governed_record_is_listed_and_verified(make_engine) -> None:
+    """Plans, runs, approvals, revocations, executions, playbooks, closures."""
+    engine, _ = governed(make_engine)
 
     page = engine.evidence.list_entries(limit=500)
     report = engine.evidence.verify()
@@ -431,6 +476,310 @@ def test_every_kind_of_governed_record_is_listed_and_verified(make_engine) -> No
     assert {entry["kind"] for entry in page["items"]} == set(evidence.KINDS)
     assert report["intact"] is True
     assert report["verified_entry_count"] == len(page["items"])
+
+
+# -- the rows an entry cannot hold -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("action", "suppress"),
+        ("explanation", "Nothing to see."),
+        ("not_after", 0),
+        ("failed_status_codes", "[500]"),
+        ("lineage_version", 99),
+        ("decision_id", "rd_" + "0" * 32),
+    ],
+)
+def test_an_edited_decision_is_reported_at_its_plans_entry(
+    make_engine, column, value
+) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        f"UPDATE retry_decision SET {column} = ? WHERE plan_id = ? AND position = 0",
+        value,
+        ids["second_plan"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("retry_plan", ids["second_plan"]),
+        "record_modified",
+    )
+
+
+def test_decisions_swapped_in_position_are_reported_at_their_plans_entry(
+    make_engine,
+) -> None:
+    engine, ids = governed(make_engine)
+    for before, after in ((0, -1), (1, 0), (-1, 1)):
+        raw_sql(
+            engine,
+            "UPDATE retry_decision SET position = ? WHERE plan_id = ? AND position = ?",
+            after,
+            ids["second_plan"],
+            before,
+        )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("retry_plan", ids["second_plan"]),
+        "record_modified",
+    )
+
+
+def test_a_deleted_decision_is_reported_at_its_plans_entry(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        "DELETE FROM retry_decision WHERE plan_id = ? AND position = 0",
+        ids["second_plan"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("retry_plan", ids["second_plan"]),
+        "record_modified",
+    )
+
+
+def test_the_plan_hash_is_recomputed_from_the_stored_decisions(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    plan = RetryPlan.get_by_id(ids["second_plan"])
+
+    problem = evidence._plan_problem(ids["second_plan"])
+
+    assert plan.decision_count >= 2
+    assert problem is None
+
+
+def test_an_approval_item_freed_for_reuse_is_reported(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        "UPDATE approval_item SET used_at = NULL, execution_id = NULL "
+        "WHERE approval_id = ?",
+        ids["approval"],
+    )
+    raw_sql(
+        engine,
+        "UPDATE approval SET used_count = 0 WHERE approval_id = ?",
+        ids["approval"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("execution", ids["execution"]),
+        "approval_use_mismatch",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "value", "at"),
+    [
+        ("UPDATE approval SET used_count = ? WHERE approval_id = ?", 0, "approval"),
+        (
+            "UPDATE approval_item SET used_at = NULL WHERE approval_id = ?",
+            None,
+            "approval",
+        ),
+        (
+            "UPDATE approval_item SET execution_id = ? WHERE approval_id = ?",
+            "ex_" + "0" * 32,
+            "execution",
+        ),
+    ],
+)
+def test_an_approvals_record_of_use_that_disagrees_is_reported(
+    make_engine, sql, value, at
+) -> None:
+    """The approval's own rows disagree at its entry; with an execution, at that."""
+    engine, ids = governed(make_engine)
+    params = (ids["approval"],) if value is None else (value, ids["approval"])
+    raw_sql(engine, sql, *params)
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (entry_of(at, ids[at]), "approval_use_mismatch")
+
+
+@pytest.mark.parametrize("column", ["lineage_version", "attempt_number"])
+def test_an_approval_item_that_no_longer_matches_its_decision_is_reported(
+    make_engine, column
+) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        f"UPDATE approval_item SET {column} = {column} + 1 WHERE approval_id = ?",
+        ids["approval"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("approval", ids["approval"]),
+        "approval_item_mismatch",
+    )
+
+
+def test_edited_run_notes_are_reported_at_the_runs_entry(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine, "UPDATE worker_run SET notes = ? WHERE run_id = ?", "[]", ids["run"]
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (entry_of("worker_run", ids["run"]), "record_modified")
+
+
+@pytest.mark.parametrize(
+    ("connector", "state", "kind"),
+    [
+        ("hook-a", "deferred", "recovery_closure"),
+        ("hook-a", None, "recovery_closure"),
+        ("hook-b", "resolved", "recovery_playbook"),
+    ],
+)
+def test_a_playbook_item_not_in_its_latest_closures_state_is_reported(
+    make_engine, connector, state, kind
+) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        "UPDATE recovery_playbook_item SET closure_state = ? "
+        "WHERE playbook_id = ? AND connector_id = ?",
+        state,
+        ids["playbook"],
+        connector,
+    )
+    subject = ids["closure"] if kind == "recovery_closure" else ids["playbook"]
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (entry_of(kind, subject), "playbook_item_mismatch")
+
+
+def test_a_playbook_item_closed_at_another_time_is_reported(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        "UPDATE recovery_playbook_item SET closed_at = closed_at + 1 "
+        "WHERE playbook_id = ?",
+        ids["playbook"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("recovery_closure", ids["closure"]),
+        "playbook_item_mismatch",
+    )
+
+
+def test_a_deleted_delivery_attempt_is_reported_at_its_execution(make_engine) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(engine, "DELETE FROM delivery_attempt WHERE attempt_id = ?", ids["attempt"])
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("execution", ids["execution"]),
+        "attempt_missing",
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("outcome", "failed"), ("http_status", 500), ("error_class", "http_5xx")],
+)
+def test_a_delivery_attempt_that_disagrees_is_reported_at_its_execution(
+    make_engine, column, value
+) -> None:
+    engine, ids = governed(make_engine)
+    raw_sql(
+        engine,
+        f"UPDATE delivery_attempt SET {column} = ? WHERE attempt_id = ?",
+        value,
+        ids["attempt"],
+    )
+
+    report = engine.evidence.verify()
+
+    assert broken(report) == (
+        entry_of("execution", ids["execution"]),
+        "attempt_mismatch",
+    )
+
+
+# -- corrupted records -------------------------------------------------------
+
+
+def test_a_record_holding_text_that_is_not_json_is_reported_unreadable(
+    client, engine, database_url, capsys
+) -> None:
+    make_plan(engine)
+    plan_id = make_plan(engine)
+    raw_sql(
+        engine,
+        "UPDATE retry_plan SET policy = ? WHERE retry_plan_id = ?",
+        "{{",
+        plan_id,
+    )
+
+    response = client.simulate_get(f"{P}/evidence/verify")
+    status = main(["evidence", "verify", "--store", "--database", database_url])
+
+    assert response.status_code == 200
+    assert broken(response.json) == (2, "record_unreadable")
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "record_unreadable" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_a_time_that_is_not_a_number_is_reported_unreadable(
+    client, engine, database_url
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("only SQLite stores text in an integer column")
+    plan_id = make_plan(engine)
+    raw_sql(
+        engine,
+        "UPDATE retry_plan SET generated_at = ? WHERE retry_plan_id = ?",
+        "abc",
+        plan_id,
+    )
+
+    response = client.simulate_get(f"{P}/evidence/verify")
+
+    assert response.status_code == 200
+    assert broken(response.json) == (1, "record_unreadable")
+
+
+def test_a_list_over_a_corrupted_record_answers_500_without_detail(
+    client, engine, caplog
+) -> None:
+    plan_id = make_plan(engine)
+    raw_sql(
+        engine,
+        "UPDATE retry_plan SET policy = ? WHERE retry_plan_id = ?",
+        "{{",
+        plan_id,
+    )
+
+    response = client.simulate_get(f"{P}/retry-plans")
+
+    problem = problem_of(response, 500)
+    assert "{{" not in response.text
+    assert "JSON" not in problem.get("detail", "")
+    assert any(record.exc_info for record in caplog.records)
 
 
 # -- the page, the cursor ----------------------------------------------------
@@ -657,7 +1006,9 @@ def test_an_export_verifies_offline(engine, database_url, tmp_path, capsys) -> N
         == f"intact: 4 entries, last hash {last['entry_hash']}\n"
     )
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == list(evidence.iter_entries())
+    assert [json.loads(line) for line in lines[:-1]] == list(evidence.iter_entries())
+    assert json.loads(lines[-1])["export"]["entry_count"] == 4
+    assert json.loads(lines[-1])["export"]["last_entry_hash"] == last["entry_hash"]
     assert not list(tmp_path.glob(".*partial"))
 
 
@@ -724,6 +1075,157 @@ def test_an_export_line_that_is_not_json_exits_2_naming_it(
     assert f"line {line} is not" in capsys.readouterr().err
 
 
+def exported_lines(engine: Engine, database_url: str, tmp_path: Path) -> list[str]:
+    """Three plans exported: three entry lines and the closing line."""
+    for name in ("dana", "erin", "fay"):
+        make_plan(engine, name)
+    path = tmp_path / "evidence.jsonl"
+    export(database_url, path)
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def verify_lines(tmp_path: Path, lines: list[str], *options: str) -> int:
+    path = tmp_path / "checked.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return main(["evidence", "verify", *options, str(path)])
+
+
+def test_an_export_ends_with_a_closing_line_counting_its_entries(
+    engine, database_url, tmp_path
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+
+    closing = json.loads(lines[-1])
+
+    assert len(lines) == 4
+    assert closing["export"]["entry_count"] == 3
+    assert closing["export"]["last_entry_hash"] == json.loads(lines[2])["entry_hash"]
+    assert closing["export"]["exported_at"].endswith("Z")
+
+
+def test_an_export_of_an_empty_log_is_its_closing_line_and_verifies(
+    engine, database_url, tmp_path, capsys
+) -> None:
+    path = tmp_path / "evidence.jsonl"
+    export(database_url, path)
+    capsys.readouterr()
+
+    status = main(["evidence", "verify", str(path)])
+
+    assert json.loads(path.read_text(encoding="utf-8"))["export"]["entry_count"] == 0
+    assert status == 0
+    assert capsys.readouterr().out == "intact: 0 entries, last hash none\n"
+
+
+@pytest.mark.parametrize(
+    ("keep", "problem", "sequence"),
+    [
+        (slice(0, 3), "export_truncated", 4),
+        (slice(0, 2), "export_truncated", 3),
+        ([0, 1, 3], "entries_missing", 3),
+    ],
+)
+def test_an_export_cut_short_is_broken(
+    engine, database_url, tmp_path, capsys, keep, problem, sequence
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+    kept = lines[keep] if isinstance(keep, slice) else [lines[i] for i in keep]
+    capsys.readouterr()
+
+    status = verify_lines(tmp_path, kept, "--json")
+
+    report = json.loads(capsys.readouterr().out)
+    validation.check_output("evidence_verification", report)
+    assert status == 1
+    assert broken(report) == (sequence, problem)
+    assert report["entry_count"] == (3 if problem == "entries_missing" else len(kept))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda closing: closing.update(entry_count=2),
+        lambda closing: closing.update(last_entry_hash="0" * 64),
+    ],
+)
+def test_a_closing_line_that_does_not_match_the_entries_is_broken(
+    engine, database_url, tmp_path, capsys, change
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+    closing = json.loads(lines[-1])
+    change(closing["export"])
+    capsys.readouterr()
+
+    status = verify_lines(tmp_path, [*lines[:-1], json.dumps(closing)])
+
+    assert status == 1
+    assert "export_mismatch" in capsys.readouterr().out
+
+
+def test_a_line_after_the_closing_line_is_broken(
+    engine, database_url, tmp_path, capsys
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+    capsys.readouterr()
+
+    status = verify_lines(tmp_path, [*lines, lines[0]])
+
+    assert status == 1
+    assert "export_mismatch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", ["empty.jsonl", "/dev/null"])
+def test_an_empty_export_is_not_intact(tmp_path, capsys, path) -> None:
+    target = tmp_path / path
+    if not Path(path).is_absolute():
+        target.write_bytes(b"")
+
+    status = main(["evidence", "verify", str(target)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "is empty" in captured.err
+    assert "intact" not in captured.out
+
+
+def test_an_entry_with_an_extra_field_is_malformed(
+    engine, database_url, tmp_path, capsys
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+    entry = json.loads(lines[1])
+    entry["approved"] = True
+    capsys.readouterr()
+
+    status = verify_lines(tmp_path, [lines[0], json.dumps(entry), *lines[2:]])
+
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.startswith("broken at entry 2 (line 2)")
+    assert "malformed_entry" in out
+
+
+def test_a_line_repeating_a_key_is_refused(
+    engine, database_url, tmp_path, capsys
+) -> None:
+    lines = exported_lines(engine, database_url, tmp_path)
+    repeated = lines[1][:-1] + ',"actor":"mallory"}'
+    capsys.readouterr()
+
+    status = verify_lines(tmp_path, [lines[0], repeated, *lines[2:]])
+
+    assert status == 2
+    assert "line 2 repeats the key 'actor'" in capsys.readouterr().err
+
+
+def test_a_line_nested_too_deep_exits_2_naming_it(tmp_path, capsys) -> None:
+    deep = "[" * 200_000 + "]" * 200_000
+
+    status = verify_lines(tmp_path, ['{"sequence": 1}', deep])
+
+    assert status == 2
+    assert "cannot read line 2" in capsys.readouterr().err
+
+
 def test_an_unreadable_export_exits_2(tmp_path, capsys) -> None:
     status = main(["evidence", "verify", str(tmp_path / "missing.jsonl")])
 
@@ -753,7 +1255,7 @@ def test_the_export_goes_to_standard_output_by_default(
 
     out = capsys.readouterr().out
     assert status == 0
-    assert [json.loads(line) for line in out.splitlines()] == list(
+    assert [json.loads(line) for line in out.splitlines()[:-1]] == list(
         evidence.iter_entries()
     )
     assert "dåna" in out

@@ -315,7 +315,8 @@ EVIDENCE_ENTRY = {
         key: SUMMARY[key]
         for key in SUMMARY
         if key not in ("actor_verified", "alert_level")
-    },
+    }
+    | {"decision_keys_hash": "ab" * 32},
     "previous_hash": "0" * 64,
     "entry_hash": "ef" * 32,
 }
