@@ -55,6 +55,7 @@ from cavra_core.errors import (
     UnprocessableInput,
 )
 from cavra_core.identity import Actor, actor_for
+from cavra_core.lineages import Lineages
 from cavra_core.paging import decode_cursor, encode_cursor
 from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
 from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
@@ -240,6 +241,7 @@ class Engine:
         self.executions = executions.Executions(self)
         self.recovery = Recovery(self)
         self.evidence = evidence.EvidenceLog(self)
+        self.lineages = Lineages(self)
 
         self.database = store.open_database(self.database_url)
         if apply_migrations:
@@ -1426,11 +1428,19 @@ class Engine:
         connector_id: str | None = None,
         outcome: str | None = None,
         lineage_state: str | None = None,
+        error_class: str | None = None,
+        lineage_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> dict[str, Any]:
+        """
+        One page of attempts, newest first, filtered (``GET .../attempts``).
+
+        Each filter reads a range of an index on (filter, started_at,
+        attempt_id); ``lineage_id`` reads the lineage's few attempts.
+        """
         _require_aware(since=since, until=until)
         query = DeliveryAttempt.select(
             DeliveryAttempt, Lineage.state.alias("lineage_state")
@@ -1441,6 +1451,10 @@ class Engine:
             query = query.where(DeliveryAttempt.outcome == outcome)
         if lineage_state is not None:
             query = query.where(Lineage.state == lineage_state)
+        if error_class is not None:
+            query = query.where(DeliveryAttempt.error_class == error_class)
+        if lineage_id is not None:
+            query = query.where(DeliveryAttempt.lineage == lineage_id)
         if since is not None:
             query = query.where(DeliveryAttempt.started_at >= since)
         if until is not None:

@@ -180,6 +180,7 @@ class DeliveryAttempt(BaseModel):
             (("started_at", "attempt_id"), False),
             (("connector_id", "started_at", "attempt_id"), False),
             (("outcome", "started_at", "attempt_id"), False),
+            (("error_class", "started_at", "attempt_id"), False),
         )
 
 

@@ -48,6 +48,15 @@ def api_routes(
         (METRICS_PATH, Metrics(engine, **options)),
         (api_path(), resources.PackageDeliveries(engine, **options)),
         (api_path("/attempts"), resources.DeliveryAttempts(engine, **options)),
+        (
+            api_path("/attempt-activity"),
+            resources.AttemptActivity(engine, **options),
+        ),
+        (
+            api_path("/lineages/{lineage_id}"),
+            resources.Lineage(engine, **options),
+        ),
+        (api_path("/session"), resources.Session(engine, **options)),
         (api_path("/retry-plan"), resources.RetryPlanRequests(engine, **options)),
         (api_path("/retry-plans"), resources.RetryPlans(engine, **options)),
         (

@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 #: The challenge sent with every 401.
 WWW_AUTHENTICATE = 'Bearer realm="cavra"'
 
-#: Operations anyone may call, with or without a token.
-PUBLIC_OPERATIONS = frozenset({"getHealth", "getServiceIndex", "getOpenApiDocument"})
+#: Operations anyone may call, with or without a token. ``getSession`` still
+#: refuses a token that is presented but not valid (see :func:`caller_session`).
+PUBLIC_OPERATIONS = frozenset(
+    {"getHealth", "getServiceIndex", "getOpenApiDocument", "getSession"}
+)
 
 ADMIN = "admin"
 #: Every role; reads are open to all of them.
@@ -60,8 +63,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "getServiceIndex": ANY_ROLE,
     "getHealth": ANY_ROLE,
     "getOpenApiDocument": ANY_ROLE,
+    "getSession": ANY_ROLE,
     # Reads: any valid token.
     "listAttempts": ANY_ROLE,
+    "getAttemptActivity": ANY_ROLE,
+    "getLineage": ANY_ROLE,
     "listRetryPlans": ANY_ROLE,
     "getRetryPlan": ANY_ROLE,
     "listWorkerRuns": ANY_ROLE,
@@ -204,6 +210,61 @@ class TokenAuthentication:
                 "only clients on its own machine; an admin makes a token with "
                 "`cavra tokens create`."
             )
+
+
+def caller_session(req: falcon.Request) -> dict[str, Any]:
+    """
+    Who the caller of ``req`` is and the operations it may call now.
+
+    Without an ``Authorization`` header the caller is anonymous: it may call
+    every operation while no token is configured (from this machine), else
+    the public ones only. A header that is present must carry a valid token,
+    whether tokens are configured or not.
+
+    Raises:
+        ApiProblem: 401 for a header that is malformed or names a token that
+            is unknown or revoked.
+    """
+    required = identity.tokens_configured()
+    if req.get_header("Authorization") is None:
+        if required or not is_loopback(req.remote_addr or ""):
+            allowed = PUBLIC_OPERATIONS
+        else:
+            allowed = frozenset(PERMISSIONS)
+        return {
+            "tokens_required": required,
+            "authenticated": False,
+            "actor": None,
+            "role": None,
+            "allowed_operations": sorted(allowed),
+        }
+
+    token_text = bearer_token(req)
+    row = identity.find_token(token_text) if token_text else None
+    if row is None:
+        log.info(
+            "request refused status=401 operation=getSession token=%s",
+            "invalid" if token_text else "malformed",
+        )
+        raise _unauthorized(
+            "The token is not valid: it is unknown or it was revoked, or the "
+            "header is not `Authorization: Bearer TOKEN`. Send a valid token, "
+            "or no Authorization header to learn what may be called without one."
+        )
+    actor = identity.token_actor(row)
+    req.context.actor = actor
+    req.context.token_id = row.token_id
+    return {
+        "tokens_required": required,
+        "authenticated": True,
+        "actor": actor.name,
+        "role": actor.role,
+        "allowed_operations": sorted(
+            operation_id
+            for operation_id, roles in PERMISSIONS.items()
+            if actor.role in roles
+        ),
+    }
 
 
 def bearer_token(req: falcon.Request) -> str | None:

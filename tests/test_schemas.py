@@ -119,6 +119,17 @@ def test_full_plan_and_selected_retry_extend_their_parts() -> None:
     }
 
 
+def test_lineage_decision_now_is_a_retry_decision_without_its_id() -> None:
+    decision = SCHEMAS["retry-decision.json"]
+    current = SCHEMAS["lineage.json"]["$defs"]["current_decision"]
+    assert current["properties"] == {
+        k: v for k, v in decision["properties"].items() if k != "decision_id"
+    }
+    assert current["required"] == [
+        k for k in decision["required"] if k != "decision_id"
+    ]
+
+
 def test_effective_policy_is_the_request_policy_made_complete() -> None:
     request = SCHEMAS["retry-policy.json"]
     effective = SCHEMAS["effective-policy.json"]
@@ -412,6 +423,60 @@ REPORT = {
     "overdue_items": [REPORT_ITEM],
 }
 
+SESSION = {
+    "tokens_required": True,
+    "authenticated": True,
+    "actor": "po-bob",
+    "role": "platform_owner",
+    "allowed_operations": ["getSession", "listAttempts", "runWorker"],
+}
+ANONYMOUS = {
+    "tokens_required": False,
+    "authenticated": False,
+    "actor": None,
+    "role": None,
+    "allowed_operations": [],
+}
+CURRENT_DECISION = {k: v for k, v in DECISION.items() if k != "decision_id"}
+LINEAGE = {
+    "lineage_id": "lin_" + HEX,
+    "package_id": PACKAGE_ID,
+    "drill_id": "drill-2025.03:rollback",
+    "connector_id": "splunk-prod",
+    "connector_type": "splunk_hec",
+    "state": "failed",
+    "attempt_count": 1,
+    "first_attempt_at": WHEN,
+    "last_attempt_at": WHEN,
+    "attempts": [ATTEMPT],
+    "attempts_truncated": False,
+    "decision": CURRENT_DECISION,
+    "latest_plan_decision": {
+        "retry_plan_id": "rp_" + HEX,
+        "generated_at": WHEN,
+        "decision": DECISION,
+    },
+}
+ACTIVITY = {
+    "since": "2025-03-01T09:00:00Z",
+    "until": "2025-03-01T11:00:00Z",
+    "bucket_minutes": 60,
+    "connectors": [
+        {
+            "connector_id": "splunk-prod",
+            "buckets": [
+                {
+                    "start": "2025-03-01T09:00:00Z",
+                    "failed": 2,
+                    "delivered": 1,
+                    "recovered": 1,
+                },
+                {"start": WHEN, "failed": 0, "delivered": 0, "recovered": 0},
+            ],
+        }
+    ],
+}
+
 GOOD: dict[str, list[Any]] = {
     "actor.json": ["a", "Dana Release <dana@example.org>", "x" * 200],
     "connector-id.json": ["splunk-prod", "0", "a" * 100],
@@ -618,6 +683,29 @@ GOOD: dict[str, list[Any]] = {
             ],
         },
     ],
+    "session.json": [SESSION, ANONYMOUS],
+    "lineage.json": [
+        LINEAGE,
+        {
+            **LINEAGE,
+            "state": "recovered",
+            "attempts": [],
+            "attempts_truncated": True,
+            "decision": None,
+            "latest_plan_decision": None,
+        },
+        {
+            **LINEAGE,
+            "state": "pending",
+            "attempt_count": 0,
+            "first_attempt_at": None,
+            "last_attempt_at": None,
+            "attempts": [],
+            "decision": None,
+            "latest_plan_decision": None,
+        },
+    ],
+    "attempt-activity.json": [ACTIVITY, {**ACTIVITY, "connectors": []}],
 }
 
 DROP = object()
@@ -851,6 +939,47 @@ BAD: dict[str, list[tuple[str, Any]]] = {
             "unknown database",
             {**GOOD["health.json"][0], "database": "mysql"},
         )
+    ],
+    "session.json": [
+        ("unknown role", changed(SESSION, "role", "owner")),
+        ("operation with a space", changed(SESSION, "allowed_operations", ["get x"])),
+        (
+            "repeated operation",
+            changed(SESSION, "allowed_operations", ["getSession", "getSession"]),
+        ),
+        ("missing actor", changed(ANONYMOUS, "actor", DROP)),
+        ("unknown field", {**SESSION, "token": "cavra_x"}),
+    ],
+    "lineage.json": [
+        ("unknown state", changed(LINEAGE, "state", "retrying")),
+        ("decision with an id", changed(LINEAGE, "decision/decision_id", "rd_" + HEX)),
+        (
+            "plan decision without id",
+            changed(LINEAGE, "latest_plan_decision/decision/decision_id", DROP),
+        ),
+        ("no drill", changed(LINEAGE, "drill_id", DROP)),
+        ("too many attempts", changed(LINEAGE, "attempts", [ATTEMPT] * 101)),
+        (
+            "time without offset",
+            changed(LINEAGE, "last_attempt_at", "2025-03-01T10:00:00"),
+        ),
+    ],
+    "attempt-activity.json": [
+        ("zero width", changed(ACTIVITY, "bucket_minutes", 0)),
+        ("width over a day", changed(ACTIVITY, "bucket_minutes", 1441)),
+        ("negative count", changed(ACTIVITY, "connectors/0/buckets/0/failed", -1)),
+        (
+            "missing recovered",
+            changed(ACTIVITY, "connectors/0/buckets/0/recovered", DROP),
+        ),
+        (
+            "start without offset",
+            changed(ACTIVITY, "connectors/0/buckets/1/start", "2025-03-01T10:00:00"),
+        ),
+        (
+            "unknown bucket field",
+            changed(ACTIVITY, "connectors/0/buckets/0/skipped", 1),
+        ),
     ],
 }
 

@@ -8,13 +8,14 @@ from cavra_server.resources.approvals import (
     Approvals,
     PlanApprovals,
 )
-from cavra_server.resources.attempts import DeliveryAttempts
+from cavra_server.resources.attempts import AttemptActivity, DeliveryAttempts
 from cavra_server.resources.base import Operation, PathParameter, Resource
 from cavra_server.resources.connectors import Connector, ConnectorResume, Connectors
 from cavra_server.resources.dashboard import WorkerDashboard
 from cavra_server.resources.deliveries import PackageDeliveries
 from cavra_server.resources.evidence import EvidenceEntries, EvidenceVerification
 from cavra_server.resources.executions import Execution, Executions
+from cavra_server.resources.lineages import Lineage
 from cavra_server.resources.recovery import (
     RecoveryClosures,
     RecoveryPlaybook,
@@ -24,12 +25,14 @@ from cavra_server.resources.recovery import (
 )
 from cavra_server.resources.retry_plans import RetryPlan, RetryPlanRequests, RetryPlans
 from cavra_server.resources.service import Health, OpenApiDocument, ServiceIndex
+from cavra_server.resources.session import Session
 from cavra_server.resources.worker_runs import WorkerRun, WorkerRunRequests, WorkerRuns
 
 __all__ = [
     "Approval",
     "ApprovalRevocation",
     "Approvals",
+    "AttemptActivity",
     "Execution",
     "Executions",
     "PlanApprovals",
@@ -40,6 +43,7 @@ __all__ = [
     "EvidenceEntries",
     "EvidenceVerification",
     "Health",
+    "Lineage",
     "OpenApiDocument",
     "Operation",
     "PackageDeliveries",
@@ -54,6 +58,7 @@ __all__ = [
     "RetryPlanRequests",
     "RetryPlans",
     "ServiceIndex",
+    "Session",
     "WorkerDashboard",
     "WorkerRun",
     "WorkerRunRequests",

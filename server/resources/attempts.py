@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 
+from cavra_core.errors import InvalidInput
+from cavra_core.lineages import DEFAULT_BUCKET_MINUTES, MAX_BUCKET_MINUTES
 from cavra_core.types import LINEAGE_STATES
+from cavra_server.problems import ApiProblem
 from cavra_server.query import (
+    ParameterError,
     QueryParameter,
     cursor_parameter,
+    id_parameter,
     limit_parameter,
     parse_choice,
     parse_connector_id,
@@ -23,6 +30,26 @@ from cavra_server.resources.base import (
 )
 
 _OUTCOMES = ("delivered", "failed")
+_ERROR_CLASS = re.compile(r"[a-z][a-z0-9_]{0,49}")
+_BUCKET_MINUTES = re.compile(r"[0-9]{1,4}")
+
+
+def _parse_error_class(raw: str) -> str:
+    if not _ERROR_CLASS.fullmatch(raw):
+        raise ParameterError(
+            "must be an error class: 1-50 lower-case letters, digits or '_', "
+            "starting with a letter",
+            "pattern",
+        )
+    return raw
+
+
+def _parse_bucket_minutes(raw: str) -> int:
+    if not _BUCKET_MINUTES.fullmatch(raw) or not 1 <= int(raw) <= MAX_BUCKET_MINUTES:
+        raise ParameterError(
+            f"must be a whole number from 1 to {MAX_BUCKET_MINUTES}", "range"
+        )
+    return int(raw)
 
 
 class DeliveryAttempts(Resource):
@@ -60,6 +87,23 @@ class DeliveryAttempts(Resource):
                     {"type": "string", "enum": list(LINEAGE_STATES)},
                     parse_choice(*LINEAGE_STATES),
                 ),
+                QueryParameter(
+                    "error_class",
+                    "Only failed attempts with this error class.",
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 50,
+                        "pattern": "^[a-z][a-z0-9_]{0,49}$",
+                    },
+                    _parse_error_class,
+                ),
+                id_parameter(
+                    "lineage_id",
+                    "Only attempts of this lineage.",
+                    "lin",
+                    "lineage-id.json",
+                ),
                 since_parameter("attempts started"),
                 until_parameter("attempts started"),
                 limit_parameter(),
@@ -82,3 +126,58 @@ class DeliveryAttempts(Resource):
         page = self.engine.list_attempts(**query)
 
         respond(resp, page)
+
+
+class AttemptActivity(Resource):
+    """Attempts per connector over time, counted in buckets, for a chart."""
+
+    operations = {
+        "GET": Operation(
+            operation_id="getAttemptActivity",
+            summary="Count failed, delivered and recovered attempts per connector "
+            "over time.",
+            responses={200: "attempt_activity"},
+            problems=COMMON_PROBLEMS,
+            query=(
+                QueryParameter(
+                    "connector_id",
+                    "Only this connector.",
+                    {"$ref": "connector-id.json"},
+                    parse_connector_id,
+                ),
+                since_parameter("attempts started"),
+                until_parameter("attempts started"),
+                QueryParameter(
+                    "bucket_minutes",
+                    f"Minutes each bucket spans, 1 to {MAX_BUCKET_MINUTES}; "
+                    "at most 500 buckets between since and until.",
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_BUCKET_MINUTES,
+                        "default": DEFAULT_BUCKET_MINUTES,
+                    },
+                    _parse_bucket_minutes,
+                    DEFAULT_BUCKET_MINUTES,
+                ),
+            ),
+        )
+    }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = self.query(req)
+
+        try:
+            activity = self.engine.lineages.activity(**query)
+        except InvalidInput as error:
+            # The engine names the parameters; they are refused as the query's.
+            raise ApiProblem(
+                400,
+                "invalid-query",
+                "Invalid query parameter",
+                "The query string cannot be used as sent; fix the parameters "
+                "listed under errors.",
+                error.problems,
+            ) from None
+
+        respond(resp, activity)
