@@ -1009,3 +1009,39 @@ def test_the_console_files_carry_a_same_origin_content_security_policy(
         "text/javascript",
         "application/javascript",
     )
+
+
+def test_a_platform_owner_denies_revokes_and_resumes(
+    seeded: dict[str, Any], tab: Any
+) -> None:
+    console = tab(seeded["server"])
+    console.sign_in(seeded["tokens"]["po-bob"], "platform_owner")
+    page = console.page
+    plan_id = seeded["plan"]["retry_plan_id"]
+
+    page.get_by_role("button", name=f"Review and approve: plan {plan_id}").click()
+    review = console.dialog(f"Retry plan {plan_id}")
+    review.get_by_role("checkbox", name=re.compile("^audit-hook · lin_")).first.check()
+    review.get_by_label("Reason").fill("This drill's evidence was sent by hand.")
+    review.get_by_role("button", name="Deny").click()
+    expect(console.message()).to_contain_text("Denial apv_")
+    denial = page.locator("#approvals [data-approval]").first
+    expect(denial).to_contain_text("deny")
+
+    denial.get_by_role("button", name=re.compile("^Revoke apv_")).click()
+    revoke = page.get_by_role("dialog", name=re.compile("^Revoke apv_"))
+    revoke.get_by_role("button", name="Revoke", exact=True).click()
+    expect(revoke.get_by_role("alert")).to_contain_text("Give a reason")
+    revoke.get_by_label("Reason").fill("Denied the wrong drill.")
+    revoke.get_by_role("button", name="Revoke", exact=True).click()
+    expect(console.message()).to_contain_text("revoked")
+    expect(page.locator("#approvals [data-approval]").first).to_contain_text("revoked")
+
+    paused = page.locator('#connectors [data-connector="soc-hook"]')
+    expect(paused).to_contain_text("paused")
+    paused.get_by_role("button", name="Resume soc-hook").click()
+    console.dialog("Resume soc-hook").get_by_role(
+        "button", name="Resume soc-hook", exact=True
+    ).click()
+    expect(console.message()).to_contain_text("soc-hook is active again")
+    expect(console.card("paused")).to_have_text("0")
