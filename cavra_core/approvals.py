@@ -30,7 +30,7 @@ from cavra_core.errors import (
     UnprocessableInput,
 )
 from cavra_core.identity import Actor
-from cavra_core.paging import decode_cursor, encode_cursor
+from cavra_core.paging import newest_first
 from cavra_core.store import (
     Approval,
     ApprovalItem,
@@ -58,7 +58,8 @@ APPROVABLE = {("retry", None), ("wait", "delay_not_elapsed")}
 #: Why an approved-looking lineage is not re-delivered, in the order checked.
 SKIP_REASONS = {
     "denied": "the latest word on the lineage is a denial",
-    "approval_revoked": "the approval covering the lineage was revoked",
+    "approval_revoked": "the latest word on the lineage (an approval or a denial) "
+    "was revoked",
     "approval_expired": "the approval covering the lineage has expired",
     "approval_used": "the approval already served an attempt of the lineage",
     "approval_stale": "the lineage moved on since the approved plan was made",
@@ -374,22 +375,10 @@ class Approvals:
             query = query.where(Approval.created_at < until)
         if state is not None:
             query = query.where(_state_condition(state, to_micros(now)))
-        if cursor:
-            micros, row_id = decode_cursor(cursor)
-            query = query.where(
-                (Approval.created_at < micros)
-                | ((Approval.created_at == micros) & (Approval.approval_id < row_id))
-            )
-        rows = list(
-            query.order_by(
-                Approval.created_at.desc(), Approval.approval_id.desc()
-            ).limit(limit + 1)
+        rows, next_cursor = newest_first(
+            query, Approval.created_at, Approval.approval_id, limit=limit, cursor=cursor
         )
-        items = [self._document(row, now, with_items=False) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(to_micros(last.created_at), last.approval_id)
+        items = [self._document(row, now, with_items=False) for row in rows]
         page = {"items": items, "next_cursor": next_cursor}
         validation.check_output("approval_page", page)
         return page
@@ -468,13 +457,13 @@ def skip_reason(word: Word, lineage: Lineage, plan_hash: str, now: datetime) -> 
     """
     Why the latest word does not let the worker send the lineage, or ``""``.
 
-    Checked in this order: denial, revocation, expiry, use, freshness, plan hash.
+    Checked in this order: revocation, denial, expiry, use, freshness, plan hash.
     """
     approval, item = word
-    if approval.verdict != "approve":
-        return "denied"
     if approval.revoked_at is not None:
         return "approval_revoked"
+    if approval.verdict != "approve":
+        return "denied"
     if approval.expires_at <= now:
         return "approval_expired"
     if item.used_at is not None:

@@ -612,8 +612,7 @@ class Engine:
             "finished_at": finished_at,
             "attempt_number": attempt_number,
         }
-        with self.database.atomic():
-            recorded = self._record_attempt(attempt, source, worker_run_id, pointer="")
+        recorded = self._record_sent_attempt(attempt, source, worker_run_id)
         log.info(
             "delivery attempt recorded lineage_id=%s attempt=%d outcome=%s status=%s",
             lineage_id,
@@ -622,6 +621,31 @@ class Engine:
             result.http_status,
         )
         return recorded
+
+    def _record_sent_attempt(
+        self, attempt: Mapping[str, Any], source: str, worker_run_id: str | None
+    ) -> dict[str, Any]:
+        """
+        Record an attempt that was sent: it happened, so it must not be lost to
+        a busy store. The write is tried again a few times before giving up.
+        """
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with self.database.atomic():
+                    return self._record_attempt(
+                        attempt, source, worker_run_id, pointer=""
+                    )
+            except peewee.OperationalError as error:
+                if not store.is_busy(error) or tries >= 5:
+                    log.error(
+                        "sent attempt not recorded lineage_id=%s attempt=%s",
+                        lineage_id_for(attempt["package_id"], attempt["connector_id"]),
+                        attempt.get("attempt_number"),
+                    )
+                    raise
+                time.sleep(0.25 * tries)
 
     # -- recording attempts -----------------------------------------------------
 
@@ -1218,9 +1242,10 @@ class Engine:
         if claimed:
             self._claim_window(record, interval)
 
-        # An approved manual retry may skip its delay when the request says so.
-        immediate = (not dry_run) and policy.allow_immediate_retry
-        covered = set() if dry_run else executions.lineages_with_words()
+        # An approved retry may skip its delay when the request says so; a dry
+        # run previews the same selection.
+        immediate = policy.allow_immediate_retry
+        covered = executions.lineages_with_words()
         counts = {"retry": 0, "wait": 0, "suppress": 0}
         reasons: dict[tuple[str, str], int] = {}
         oldest: list[tuple[int, str, Decision]] = []
@@ -1237,6 +1262,8 @@ class Engine:
             )
             if not may_go:
                 continue
+            if decision.action == "wait" and decision.lineage_id not in covered:
+                continue  # an early send needs an approval
             if not dry_run:
                 if decision.lineage_id in covered:
                     due.append(decision)
@@ -1257,11 +1284,18 @@ class Engine:
         if dry_run:
             candidates = [entry[2] for entry in sorted(oldest, reverse=True)]
             selected = [_selected(d, "would_deliver") for d in candidates]
+            approved = self.executions.preview(candidates, started_at)
+            for item in selected:
+                item["approval_id"] = approved.get(item["lineage_id"])
             executed = 0
             skipped = counts["retry"] - len(selected)
             notes.append(
                 "Dry run: nothing was delivered and no lineage changed; "
                 f"{len(selected)} of {counts['retry']} due retries would be sent."
+            )
+            notes.append(
+                f"{len(approved)} of the {len(selected)} selected have an approval "
+                "that holds now (approval_id); a live run sends only those."
             )
             if skipped:
                 notes.append(
@@ -1301,7 +1335,7 @@ class Engine:
             retryable_count=counts["retry"],
             waiting_count=counts["wait"],
             suppressed_count=counts["suppress"],
-            selected_retry_count=len(selected),
+            selected_retry_count=len(selected) if dry_run else live.selected_count,
             executed_count=executed,
             skipped_count=skipped,
             notes=notes,

@@ -33,14 +33,13 @@ from cavra_core.approvals import SKIP_REASONS, Word, skip_reason
 from cavra_core.decisions import Decision, format_time_precise
 from cavra_core.errors import CavraError, NotFound
 from cavra_core.identity import Actor
-from cavra_core.paging import decode_cursor, encode_cursor
+from cavra_core.paging import newest_first
 from cavra_core.store import (
     Approval,
     ApprovalItem,
     Execution,
     Lineage,
     RetryPlan,
-    to_micros,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +59,8 @@ class LiveResult(NamedTuple):
     """What a live run did: the retries it sent or skipped, with counts."""
 
     selected: list[dict[str, Any]]
+    #: Approved retries taken for delivery (within max_retry_deliveries).
+    selected_count: int
     executed: int
     not_approved: int
     skipped_by_reason: dict[str, int]
@@ -137,11 +138,25 @@ class Executions:
                 skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + 1
         return LiveResult(
             selected=selected,
+            selected_count=min(limit, len(approved)),
             executed=executed,
             not_approved=not_approved,
             skipped_by_reason=skipped_by_reason,
             left_for_later=max(0, len(approved) - limit),
         )
+
+    def preview(self, due: Sequence[Decision], now: datetime) -> dict[str, str]:
+        """For a dry run: the lineages of ``due`` a live run would send, by approval."""
+        words = self.engine.approvals.latest_words(d.lineage_id for d in due)
+        lineages = _lineages(words)
+        plan_hashes = _plan_hashes(w.approval.retry_plan_id for w in words.values())
+        found = {}
+        for lineage_id, word in words.items():
+            lineage = lineages.get(lineage_id)
+            plan_hash = plan_hashes.get(word.approval.retry_plan_id, "")
+            if lineage is not None and not skip_reason(word, lineage, plan_hash, now):
+                found[lineage_id] = word.approval.approval_id
+        return found
 
     def _record_skip(
         self,
@@ -184,26 +199,11 @@ class Executions:
         engine = self.engine
         attempt_number = decision.retry_count + 1
         execution_id = engine.new_id("ex")
-        claim = self._claim(execution_id, run_id, decision, word, started_at)
-        if claim:
-            # Lost a race: another worker or writer moved the lineage first.
-            with engine.database.atomic():
-                Execution.insert(
-                    execution_id=execution_id,
-                    run_id=run_id,
-                    decision_id=word.item.decision_id,
-                    approval_id=word.approval.approval_id,
-                    lineage_id=decision.lineage_id,
-                    package_id=decision.package_id,
-                    connector_id=decision.connector_id,
-                    attempt_number=attempt_number,
-                    outcome="skipped",
-                    skipped_reason=claim,
-                    started_at=started_at,
-                    finished_at=started_at,
-                ).execute()
-                self._seal(execution_id, "skipped", actor, started_at)
-            return self.get(execution_id)
+        reason, word = self._claim(execution_id, run_id, decision, word, started_at)
+        if reason:
+            # The word changed since the run began (revoked, denied, expired),
+            # or another worker or writer moved the lineage first.
+            return self._record_skip(run_id, decision, word, reason, actor, started_at)
 
         started = time.perf_counter()
         try:
@@ -246,26 +246,41 @@ class Executions:
         decision: Decision,
         word: Word,
         now: datetime,
-    ) -> str:
+    ) -> tuple[str, Word]:
         """
-        Take the attempt for this run; return ``""``, or why it was not taken.
+        Take the attempt for this run: ``("", word)``, or why it was not taken.
 
-        The unique ``claim_key`` makes a second claim of the same attempt fail
-        in the database; the approval item is marked used in the same
-        transaction with a compare-and-set, so it serves once.
+        The latest word on the lineage is read again inside the claim's
+        transaction (a revocation or denial made while the run was under way
+        counts), with its approval row locked on PostgreSQL so a revocation
+        waits for the claim or the claim sees the revocation. The unique
+        ``claim_key`` makes a second claim of the same attempt fail in the
+        database; the approval item is marked used in the same transaction
+        with a compare-and-set, so it serves once.
         """
         attempt_number = decision.retry_count + 1
         database = self.engine.database
         try:
             with database.atomic():
-                lineage = Lineage.get_or_none(Lineage.lineage_id == decision.lineage_id)
-                if (
-                    lineage is None
-                    or lineage.version != word.item.lineage_version
-                    or lineage.state != "failed"
-                    or lineage.attempt_count + 1 != attempt_number
-                ):
-                    return "approval_stale"
+                lineage_id = decision.lineage_id
+                word = self.engine.approvals.latest_words([lineage_id]).get(
+                    lineage_id, word
+                )
+                approval = Approval.select().where(
+                    Approval.approval_id == word.approval.approval_id
+                )
+                if isinstance(database, peewee.PostgresqlDatabase):
+                    approval = approval.for_update()
+                word = Word(approval.get(), word.item)
+                lineage = Lineage.get_or_none(Lineage.lineage_id == lineage_id)
+                if lineage is None or lineage.attempt_count + 1 != attempt_number:
+                    return "approval_stale", word
+                plan_hash = _plan_hashes([word.approval.retry_plan_id]).get(
+                    word.approval.retry_plan_id, ""
+                )
+                reason = skip_reason(word, lineage, plan_hash, now)
+                if reason:
+                    return reason, word
                 used = (
                     ApprovalItem.update(used_at=now, execution_id=execution_id)
                     .where(
@@ -275,7 +290,7 @@ class Executions:
                     .execute()
                 )
                 if not used:
-                    return "approval_used"
+                    return "approval_used", word
                 Approval.update(used_count=Approval.used_count + 1).where(
                     Approval.approval_id == word.approval.approval_id
                 ).execute()
@@ -284,11 +299,11 @@ class Executions:
                     run_id=run_id,
                     decision_id=word.item.decision_id,
                     approval_id=word.approval.approval_id,
-                    lineage_id=decision.lineage_id,
+                    lineage_id=lineage_id,
                     package_id=decision.package_id,
                     connector_id=decision.connector_id,
                     attempt_number=attempt_number,
-                    claim_key=f"{decision.lineage_id}:{attempt_number}",
+                    claim_key=f"{lineage_id}:{attempt_number}",
                     outcome="claimed",
                     started_at=now,
                 ).execute()
@@ -298,8 +313,8 @@ class Executions:
                     lag = max(0.0, (now - decision.not_before).total_seconds())
                     metrics.CLAIM_LAG_SECONDS.observe(lag, decision.connector_id)
         except peewee.IntegrityError:
-            return "already_claimed"
-        return ""
+            return "already_claimed", word
+        return "", word
 
     def _seal(
         self, execution_id: str, outcome: str, actor: Actor, at: datetime
@@ -349,22 +364,14 @@ class Executions:
             query = query.where(Execution.started_at >= since)
         if until is not None:
             query = query.where(Execution.started_at < until)
-        if cursor:
-            micros, row_id = decode_cursor(cursor)
-            query = query.where(
-                (Execution.started_at < micros)
-                | ((Execution.started_at == micros) & (Execution.execution_id < row_id))
-            )
-        rows = list(
-            query.order_by(
-                Execution.started_at.desc(), Execution.execution_id.desc()
-            ).limit(limit + 1)
+        rows, next_cursor = newest_first(
+            query,
+            Execution.started_at,
+            Execution.execution_id,
+            limit=limit,
+            cursor=cursor,
         )
-        items = [execution_document(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(to_micros(last.started_at), last.execution_id)
+        items = [execution_document(row) for row in rows]
         page = {"items": items, "next_cursor": next_cursor}
         validation.check_output("execution_page", page)
         return page

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Any
 
 from cavra_core.errors import FieldProblem, InvalidInput
+from cavra_core.store import to_micros
 
 _KEY = re.compile(r"^(\d{1,19}):([a-z]{2,3}_[0-9a-f]{32})$")
 
@@ -30,3 +32,33 @@ def decode_cursor(cursor: str, parameter: str = "cursor") -> tuple[int, str]:
             [FieldProblem("", "is not a valid cursor", "invalid_cursor", parameter)],
         )
     return int(match.group(1)), match.group(2)
+
+
+def newest_first(
+    query: Any,
+    time_field: Any,
+    id_field: Any,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """
+    One page of ``query`` newest first by (time, id), and the next page's cursor.
+
+    PERF(lists): the cursor's condition bounds the time column first, so the
+    index on (time, id) is entered at the cursor; the plain "time < t OR
+    (time = t AND id < i)" makes SQLite walk the index from the newest row.
+    """
+    if cursor:
+        micros, row_id = decode_cursor(cursor)
+        query = query.where(
+            (time_field <= micros) & ((time_field < micros) | (id_field < row_id))
+        )
+    rows = list(query.order_by(time_field.desc(), id_field.desc()).limit(limit + 1))
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(
+            to_micros(getattr(last, time_field.name)), getattr(last, id_field.name)
+        )
+    return rows[:limit], next_cursor

@@ -36,7 +36,7 @@ from cavra_core import evidence, health, redaction, validation
 from cavra_core.decisions import format_time_precise
 from cavra_core.errors import FieldProblem, NotFound, UnprocessableInput
 from cavra_core.identity import Actor
-from cavra_core.paging import decode_cursor, encode_cursor
+from cavra_core.paging import newest_first
 from cavra_core.plugins import PluginFailure
 from cavra_core.store import (
     DeliveryAttempt,
@@ -258,27 +258,14 @@ class Recovery:
         self, *, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
         """Playbooks, newest first, one keyset page at a time."""
-        query = RecoveryPlaybook.select()
-        if cursor:
-            micros, row_id = decode_cursor(cursor)
-            generated_at = RecoveryPlaybook.generated_at
-            # Bounded on the time column first, so the index is entered at the
-            # cursor (see the engine's list queries).
-            query = query.where(
-                (generated_at <= micros)
-                & ((generated_at < micros) | (RecoveryPlaybook.playbook_id < row_id))
-            )
-        rows = list(
-            query.order_by(
-                RecoveryPlaybook.generated_at.desc(),
-                RecoveryPlaybook.playbook_id.desc(),
-            ).limit(limit + 1)
+        rows, next_cursor = newest_first(
+            RecoveryPlaybook.select(),
+            RecoveryPlaybook.generated_at,
+            RecoveryPlaybook.playbook_id,
+            limit=limit,
+            cursor=cursor,
         )
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(to_micros(last.generated_at), last.playbook_id)
-        page = {"items": self._documents(rows[:limit]), "next_cursor": next_cursor}
+        page = {"items": self._documents(rows), "next_cursor": next_cursor}
         validation.check_output("recovery_playbook_page", page)
         return page
 

@@ -41,6 +41,14 @@ class StoreError(RuntimeError):
     """The database cannot be opened or migrated; the message says why."""
 
 
+def is_busy(error: BaseException) -> bool:
+    """Whether a database error means the store was busy, not that a query is bad."""
+    text = str(error).lower()
+    return isinstance(error, peewee.OperationalError) and (
+        "database is locked" in text or "database is busy" in text
+    )
+
+
 def to_micros(value: datetime) -> int:
     """Microseconds since the epoch for an aware datetime; naive ones are refused."""
     if value.tzinfo is None or value.utcoffset() is None:
@@ -589,6 +597,11 @@ def open_database(url: str | None = None) -> peewee.Database:
                 "busy_timeout": 10_000,
             },
             timeout=10,
+            # Every transaction takes the write lock when it begins: a
+            # transaction that read first and wrote later would be refused
+            # at once ("database is locked") when another writer committed
+            # in between, instead of waiting its turn for the busy timeout.
+            lock_type="IMMEDIATE",
         )
     elif scheme in ("postgres", "postgresql"):
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import falcon
 
-from cavra_core import validation
+from cavra_core import store, validation
 from cavra_core.errors import (
     CavraError,
     Conflict,
@@ -100,6 +100,7 @@ PROBLEM_STATUSES: dict[int, str] = {
     415: "The body is not sent as application/json.",
     422: "The body is well formed but cannot be applied as it stands.",
     500: "The server failed; nothing in the request was at fault.",
+    503: "The store was busy past its timeout; nothing changed, send it again.",
 }
 
 
@@ -258,6 +259,20 @@ def handle_unexpected_error(
     req: falcon.Request, resp: falcon.Response, error: Exception, params: dict
 ) -> None:
     """A bug: log the traceback, answer 500 without a word about internals."""
+    if store.is_busy(error):
+        # Not a bug: another writer held the store past the busy timeout.
+        log.warning(
+            "store busy method=%s route=%s", req.method, req.uri_template or "-"
+        )
+        document = problem_document(
+            503,
+            "store-busy",
+            "Store busy",
+            "The store was busy with other writes and this request could not "
+            "wait longer; nothing was changed. Send it again in a moment.",
+        )
+        write_problem(resp, document, {"Retry-After": "1"})
+        return
     log.exception(
         "unexpected error while answering method=%s route=%s",
         req.method,

@@ -537,3 +537,76 @@ def test_every_governed_record_appends_to_an_intact_chain(engine, fake) -> None:
     ]
     assert report["intact"] is True
     assert report["verified_entry_count"] == 4
+
+
+class RevokingType(FakeType):
+    """While the first retry of a live run is sent, revokes another's approval."""
+
+    def __init__(self) -> None:
+        super().__init__("fake")
+        self.revoke = None
+
+    def deliver(self, connector, delivery):
+        if self.revoke is not None:
+            revoke, self.revoke = self.revoke, None
+            revoke(delivery.lineage_id)
+        return super().deliver(connector, delivery)
+
+
+def test_revocation_during_a_live_run_stops_the_retries_not_yet_sent(
+    make_engine,
+) -> None:
+    """The latest word is read again when each retry is claimed."""
+    fake = RevokingType()
+    engine = make_engine(
+        CONNECTORS, plugins=[FakePlugin(fake)], load_entry_points=False
+    )
+    lineages = [
+        failed_and_due(engine, fake, drill="drill-1"),
+        failed_and_due(engine, fake, drill="drill-2"),
+    ]
+    made = plan(engine, T0 + 20 * MINUTE)
+    approval_of = {
+        d["lineage_id"]: approve(
+            engine, made, T0 + 21 * MINUTE, decision_ids=[d["decision_id"]]
+        )["approval_id"]
+        for d in decisions_of(engine, made["retry_plan_id"])
+    }
+    sent_first = []
+
+    def revoke_the_other(lineage_id: str) -> None:
+        sent_first.append(lineage_id)
+        [other] = [other for other in lineages if other != lineage_id]
+        engine.approvals.revoke(
+            approval_of[other],
+            {"reason": "stop"},
+            actor=APPROVER,
+            now=T0 + 22 * MINUTE,
+        )
+
+    fake.revoke = revoke_the_other
+
+    run = live_run(engine, T0 + 22 * MINUTE)
+
+    outcomes = {s["lineage_id"]: s for s in run["selected_retries"]}
+    [other] = [lineage for lineage in lineages if lineage != sent_first[0]]
+    assert outcomes[sent_first[0]]["outcome"] == "delivered"
+    assert outcomes[other]["skipped_reason"] == "approval_revoked"
+    assert [d.lineage_id for d in fake.deliveries] == sent_first
+
+
+def test_dry_run_shows_which_selected_retries_are_approved(engine, fake) -> None:
+    first = failed_and_due(engine, fake, drill="drill-1")
+    second = failed_and_due(engine, fake, drill="drill-2")
+    made = plan(engine, T0 + 20 * MINUTE)
+    by_lineage = {
+        d["lineage_id"]: d["decision_id"]
+        for d in decisions_of(engine, made["retry_plan_id"])
+    }
+    approval = approve(engine, made, T0 + 21 * MINUTE, decision_ids=[by_lineage[first]])
+
+    run = engine.run_worker({}, actor=APPROVER, now=T0 + 22 * MINUTE)
+
+    approvals = {s["lineage_id"]: s["approval_id"] for s in run["selected_retries"]}
+    assert approvals == {first: approval["approval_id"], second: None}
+    assert "1 of the 2 selected have an approval" in " ".join(run["notes"])
