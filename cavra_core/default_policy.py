@@ -209,9 +209,6 @@ def cavra_decide_eligibility(
             f"The evidence was generated {format_duration(age)} ago, past the "
             f"{policy.max_age_hours:g}-hour limit for retries.",
         )
-    kept = f"keeping {policy.max_retry_attempts - attempts} of " + (
-        f"{policy.max_retry_attempts} attempts"
-    )
     health = connector.health
     if health is not None and health.state == "disabled":
         cause = _state_cause(health.error_class, health.http_status)
@@ -221,7 +218,7 @@ def cavra_decide_eligibility(
             f"Attempt {attempts} failed with {failure}. Connector "
             f"{connector.connector_id} is disabled because its receiver asked for "
             f"no more deliveries ({cause}); retries wait until someone resumes "
-            f"it, {kept}.",
+            f"it, {_kept(policy, attempts)}.",
         )
     if health is not None and health.state == "paused":
         cause = _state_cause(health.error_class, health.http_status)
@@ -231,7 +228,7 @@ def cavra_decide_eligibility(
             f"Attempt {attempts} failed with {failure}. Connector "
             f"{connector.connector_id} is paused after a configuration failure "
             f"({cause}); retries wait until its configuration changes or someone "
-            f"resumes it, {kept}.",
+            f"resumes it, {_kept(policy, attempts)}.",
         )
     if (
         health is None
@@ -243,12 +240,21 @@ def cavra_decide_eligibility(
             "connector_paused",
             f"Attempt {attempts} failed with {failure} ({classification.note}); "
             f"retries to {connector.connector_id} wait until its configuration "
-            f"changes, {kept}.",
+            f"changes, {_kept(policy, attempts)}.",
         )
     return Eligibility(
         "retry",
         "eligible",
         f"Attempt {attempts} of {policy.max_retry_attempts} failed with {failure}.",
+    )
+
+
+def _kept(policy: RetryPolicy, attempts: int) -> str:
+    """'keeping 2 of 3 attempts': what a waiting lineage keeps."""
+    # PERF(plan): built only for the lineages that wait, not for every one.
+    return (
+        f"keeping {policy.max_retry_attempts - attempts} of "
+        f"{policy.max_retry_attempts} attempts"
     )
 
 
@@ -269,7 +275,7 @@ def cavra_schedule_retry(
 ) -> ScheduleWindow:
     delay = jittered_delay_seconds(policy, lineage.lineage_id, lineage.attempt_count)
     latest = lineage.latest
-    due = latest.finished_at + timedelta(seconds=delay)
+    due = latest.finished_at + timedelta(0, delay)  # seconds, without keywords
     window_end = min(
         due + _hours(policy.retry_window_hours),
         lineage.package_generated_at + _hours(policy.max_age_hours),

@@ -19,7 +19,7 @@ import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pluggy
@@ -55,6 +55,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _is_window(window: object) -> bool:
     """A plugin's window: aware times, an integer delay."""
+    if type(window) is ScheduleWindow:
+        # PERF(plan): the answer below, without asking each time for its
+        # offset, for the windows the default policy makes.
+        not_before, not_after, delay_seconds, _ = window
+        if (
+            type(not_before) is datetime
+            and not_before.tzinfo is UTC
+            and type(not_after) is datetime
+            and not_after.tzinfo is UTC
+            and type(delay_seconds) is int
+            and delay_seconds >= 0
+        ):
+            return True
     try:
         return (
             window.not_before.utcoffset() is not None
@@ -140,6 +153,7 @@ class PluginHost:
         self._classifications: dict[tuple, FailureClassification] = {}
         self._plans = {
             name: _call_plan(getattr(manager.hook, name))
+            or _pluggy_call(manager.hook, name)
             for name in (
                 "cavra_classify_failure",
                 "cavra_decide_eligibility",
@@ -147,6 +161,14 @@ class PluginHost:
                 "cavra_narrow_window",
             )
         }
+        # PERF(plan): the hooks asked for every lineage, bound once; their
+        # methods call them as _call does, without its lookup and frame.
+        self._decide = self._plans["cavra_decide_eligibility"]
+        self._schedule = self._plans["cavra_schedule_retry"]
+        self._narrow = self._plans["cavra_narrow_window"]
+        #: Reasons found well-formed so far, so that the pattern is matched
+        #: once per reason rather than once per lineage.
+        self._known_reasons: set[str] = set()
 
     def connector_types(self) -> dict[str, ConnectorType]:
         """Every declared connector type, by name; duplicates are an error."""
@@ -214,10 +236,31 @@ class PluginHost:
         policy: Any,
         now: datetime,
     ) -> Eligibility:
-        answer = self._call(
-            "cavra_decide_eligibility",
-            (connector, lineage, classification, policy, now),
-        )
+        try:
+            answer = self._decide(connector, lineage, classification, policy, now)
+        except Exception as exc:
+            raise _plugin_failure("cavra_decide_eligibility", exc) from exc
+        if answer is None:
+            raise _unanswered("cavra_decide_eligibility")
+        if not self._is_eligibility(answer):
+            raise PluginFailure(
+                "cavra_decide_eligibility", TypeError("not a well-formed eligibility")
+            )
+        return answer
+
+    def _is_eligibility(self, answer: object) -> bool:
+        """An action, a reason code and an explanation of 1 to 1000 characters."""
+        if type(answer) is Eligibility:
+            # PERF(plan): the answer below, for a reason already matched.
+            action, reason, explanation = answer
+            if (
+                action in ACTIONS
+                and type(reason) is str
+                and reason in self._known_reasons
+                and type(explanation) is str
+                and 0 < len(explanation) <= 1000
+            ):
+                return True
         well_formed = (
             getattr(answer, "action", None) in ACTIONS
             and isinstance(answer.reason, str)
@@ -225,11 +268,13 @@ class PluginHost:
             and isinstance(answer.explanation, str)
             and 0 < len(answer.explanation) <= 1000
         )
-        if not well_formed:
-            raise PluginFailure(
-                "cavra_decide_eligibility", TypeError("not a well-formed eligibility")
-            )
-        return answer
+        if (
+            well_formed
+            and type(answer.reason) is str
+            and len(self._known_reasons) < 1024
+        ):
+            self._known_reasons.add(answer.reason)
+        return well_formed
 
     def schedule_retry(
         self,
@@ -239,9 +284,12 @@ class PluginHost:
         policy: Any,
         now: datetime,
     ) -> ScheduleWindow:
-        window = self._call(
-            "cavra_schedule_retry", (connector, lineage, classification, policy, now)
-        )
+        try:
+            window = self._schedule(connector, lineage, classification, policy, now)
+        except Exception as exc:
+            raise _plugin_failure("cavra_schedule_retry", exc) from exc
+        if window is None:
+            raise _unanswered("cavra_schedule_retry")
         if not _is_window(window):
             raise PluginFailure(
                 "cavra_schedule_retry", TypeError("not a window of aware times")
@@ -252,7 +300,14 @@ class PluginHost:
         self, connector: Connector, lineage: LineageFacts, window: ScheduleWindow
     ) -> ScheduleWindow:
         """Intersect every plugin's proposal; with none, ``window`` stands."""
-        proposals = self._call("cavra_narrow_window", (connector, lineage, window))
+        try:
+            proposals = self._narrow(connector, lineage, window)
+        except Exception as exc:
+            raise _plugin_failure("cavra_narrow_window", exc) from exc
+        if proposals is None:
+            raise _unanswered("cavra_narrow_window")
+        if type(proposals) is list and not proposals:
+            return window  # PERF(plan): the common answer, with nothing to check
         proposals = [proposal for proposal in proposals if proposal is not None]
         if not all(_is_window(proposal) for proposal in proposals):
             raise PluginFailure(
@@ -328,20 +383,13 @@ class PluginHost:
         A plugin's exception becomes :class:`PluginFailure`; so does a
         ``firstresult`` hook that nobody answered.
         """
-        plan = self._plans.get(name)
+        plan = self._plans.get(name) or _pluggy_call(self._hook, name)
         try:
-            if plan is None:
-                caller = getattr(self._hook, name)
-                result = caller(**dict(zip(caller.spec.argnames, args, strict=True)))
-            else:
-                result = plan(args)
+            result = plan(*args)
         except Exception as exc:
-            log.warning("plugin raised hook=%s error=%s", name, type(exc).__name__)
-            log.debug("plugin traceback hook=%s", name, exc_info=True)
-            raise PluginFailure(name, exc) from exc
+            raise _plugin_failure(name, exc) from exc
         if result is None:
-            # The built-in default answers every firstresult hook.
-            raise PluginFailure(name, LookupError("no plugin answered"))
+            raise _unanswered(name)
         return result
 
     def redaction_rules(self) -> list[RedactionRule]:
@@ -411,7 +459,29 @@ def _is_step_text(text: Any, limit: int) -> bool:
     )
 
 
-def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:
+def _plugin_failure(name: str, error: Exception) -> PluginFailure:
+    """Log a plugin's exception (its traceback at debug) and wrap it."""
+    log.warning("plugin raised hook=%s error=%s", name, type(error).__name__)
+    log.debug("plugin traceback hook=%s", name, exc_info=True)
+    return PluginFailure(name, error)
+
+
+def _unanswered(name: str) -> PluginFailure:
+    # The built-in default answers every firstresult hook.
+    return PluginFailure(name, LookupError("no plugin answered"))
+
+
+def _pluggy_call(hooks: Any, name: str) -> Callable[..., Any]:
+    """Call hook ``name`` through pluggy, with the specification's arguments."""
+
+    def call(*args: Any) -> Any:
+        caller = getattr(hooks, name)
+        return caller(**dict(zip(caller.spec.argnames, args, strict=True)))
+
+    return call
+
+
+def _call_plan(caller: pluggy.HookCaller) -> Callable[..., Any] | None:
     """
     A direct caller for a hook without wrappers, or None to use pluggy's own.
 
@@ -422,7 +492,9 @@ def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:
     ``tryfirst``/``trylast`` honoured by ``get_hookimpls``), each given only
     the arguments it names, picked by position from the arguments in the
     specification's order; the first non-None answer for ``firstresult``
-    hooks, else every answer.
+    hooks, else every answer. The caller takes the arguments in the
+    specification's order; a hook whose only implementation names them all
+    is its implementation itself.
     """
     impls = caller.get_hookimpls()
     if caller.spec is None or any(
@@ -438,19 +510,19 @@ def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:
         if len(steps) == 1:
             return steps[0]
 
-        def first(args: tuple) -> Any:
+        def first(*args: Any) -> Any:
             for step in steps:
-                result = step(args)
+                result = step(*args)
                 if result is not None:
                     return result
             return None
 
         return first
 
-    def every(args: tuple) -> list[Any]:
+    def every(*args: Any) -> list[Any]:
         results = []
         for step in steps:
-            result = step(args)
+            result = step(*args)
             if result is not None:
                 results.append(result)
         return results
@@ -460,14 +532,14 @@ def _call_plan(caller: pluggy.HookCaller) -> Callable[[tuple], Any] | None:
 
 def _positional(
     function: Callable[..., Any], positions: tuple[int, ...], arity: int
-) -> Callable[[tuple], Any]:
-    """Call ``function`` with the arguments at ``positions`` of a call's tuple."""
+) -> Callable[..., Any]:
+    """Call ``function`` with the arguments at ``positions`` of a call's."""
     if positions == tuple(range(arity)):
-        return lambda args: function(*args)
+        return function
     if not positions:
-        return lambda args: function()
+        return lambda *args: function()
     if len(positions) == 1:
         (only,) = positions
-        return lambda args: function(args[only])
+        return lambda *args: function(args[only])
     pick = operator.itemgetter(*positions)
-    return lambda args: function(*pick(args))
+    return lambda *args: function(*pick(args))

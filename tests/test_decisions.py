@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from plugins_fixtures import (
     DELIVERED,
     T0,
@@ -23,8 +25,13 @@ from plugins_fixtures import (
     record_success,
 )
 
-from cavra_core import FailureClassification, hookimpl
-from cavra_core.decisions import REASON_CODES
+from cavra_core import FailureClassification, hookimpl, text
+from cavra_core.decisions import (
+    REASON_CODES,
+    Decision,
+    _format_time,
+    format_time_precise,
+)
 from cavra_core.engine import canonical_json
 
 MINUTE = timedelta(minutes=1)
@@ -800,3 +807,62 @@ def test_new_york_window_missed_in_the_overlap_waits_for_the_next_day(
 
     assert decision["reason"] == "outside_delivery_window"
     assert parse(decision["not_before"]) == at("2026-11-02T05:00:00Z")
+
+
+# -- texts and canonical JSON, against the obvious computation ---------------------
+
+AWARE_TIMES = st.datetimes(
+    min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)
+).flatmap(
+    lambda naive: st.sampled_from(
+        [
+            naive.replace(tzinfo=UTC),
+            naive.replace(tzinfo=UTC, microsecond=0),
+            naive.replace(tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            naive.replace(tzinfo=timezone(timedelta(0))),
+            naive,
+        ]
+    )
+)
+
+
+@given(AWARE_TIMES)
+def test_decision_times_read_as_isoformat_writes_them(value: datetime) -> None:
+    utc = value.astimezone(UTC) if value.utcoffset() else value
+
+    precise = format_time_precise(value)
+    seconds = _format_time(value)
+
+    assert precise == utc.replace(tzinfo=None).isoformat() + "Z"
+    assert seconds == text.format_time(value)
+
+
+@given(
+    codes=st.lists(st.integers(min_value=100, max_value=599), max_size=4),
+    times=st.tuples(AWARE_TIMES, AWARE_TIMES) | st.just((None, None)),
+    explanation=st.text(max_size=40),
+)
+def test_canonical_json_is_json_dumps_of_the_decision(codes, times, explanation):
+    shared = tuple(codes)
+    decisions = [
+        Decision(
+            "lin_" + "0" * 32,
+            1,
+            "ab" * 32,
+            "hec",
+            "wait",
+            "delay_not_elapsed",
+            explanation,
+            2,
+            3,
+            900,
+            *[t.replace(tzinfo=UTC) if t and not t.tzinfo else t for t in times],
+            failed_status_codes,
+        )
+        for failed_status_codes in (shared, shared, tuple(codes))
+    ]
+
+    for decision in decisions:
+        document = decision.as_document("rd_" + "0" * 32)
+        del document["decision_id"]
+        assert decision.canonical_json() == canonical_json(document)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from plugins_fixtures import (
@@ -32,7 +32,13 @@ from cavra_core import (
     hookspecs,
 )
 from cavra_core.engine import package_hash
-from cavra_core.plugins import PluginSetupError
+from cavra_core.plugins import (
+    PluginFailure,
+    PluginHost,
+    PluginSetupError,
+    _is_window,
+    build_plugin_manager,
+)
 from cavra_core.redaction import RedactionRule
 from cavra_core.types import FailureCount, RecoveryStep
 
@@ -131,6 +137,21 @@ class MalformedAnswersPlugin:
         if connector.type != "sloppy":
             return None
         return Eligibility("hold", "Not A Code", "")
+
+
+class ScriptedEligibilityPlugin:
+    """Answers every eligibility question with ``answer``, whatever it is."""
+
+    def __init__(self) -> None:
+        self.answer: object = None
+
+    @hookimpl
+    def cavra_decide_eligibility(self):
+        return self.answer
+
+
+class ReasonText(str):
+    """A reason code that is a string, but not exactly a ``str``."""
 
 
 class QuietHoursPlugin:
@@ -430,6 +451,88 @@ def test_plugin_deferring_eligibility_leaves_it_to_the_default(open_engine) -> N
 
     assert deferring.asked == 2
     assert (decision["reason"], decision["max_retry_attempts"]) == ("retry_due", 3)
+
+
+ELIGIBLE = Eligibility("suppress", "custom_reason", "Held back by the plugin.")
+
+
+@pytest.mark.parametrize(
+    ("answer", "well_formed"),
+    [
+        (ELIGIBLE, True),
+        (ELIGIBLE._replace(explanation=""), False),
+        (ELIGIBLE._replace(explanation="x" * 1001), False),
+        (ELIGIBLE._replace(explanation=b"bytes"), False),
+        (ELIGIBLE._replace(action="hold"), False),
+        (ELIGIBLE._replace(reason="Custom Reason"), False),
+        (ELIGIBLE._replace(reason=ReasonText("custom_reason")), True),
+        (ELIGIBLE._replace(reason=ReasonText("Not A Code")), False),
+        (ELIGIBLE._replace(reason=["custom_reason"]), False),
+        (("suppress", "custom_reason", "A plain tuple has no fields."), False),
+    ],
+)
+def test_every_eligibility_answer_is_checked_after_a_well_formed_one(
+    answer: object, well_formed: bool
+) -> None:
+    """A reason already seen well-formed does not let a malformed answer by."""
+    plugin = ScriptedEligibilityPlugin()
+    host = PluginHost(build_plugin_manager([plugin], load_entry_points=False))
+    plugin.answer = ELIGIBLE
+    host.decide_eligibility(None, None, None, None, T0)
+
+    plugin.answer = answer
+    if well_formed:
+        assert host.decide_eligibility(None, None, None, None, T0) is answer
+    else:
+        with pytest.raises(PluginFailure, match="cavra_decide_eligibility"):
+            host.decide_eligibility(None, None, None, None, T0)
+
+
+def _full_window_check(window: object) -> bool:
+    """What a window must be, checked the long way."""
+    try:
+        return (
+            window.not_before.utcoffset() is not None
+            and window.not_after.utcoffset() is not None
+            and isinstance(window.delay_seconds, int)
+            and window.delay_seconds >= 0
+        )
+    except AttributeError:
+        return False
+
+
+class LooseWindow:
+    """A window-shaped object that is not a ScheduleWindow."""
+
+    def __init__(self, not_before, not_after, delay_seconds) -> None:
+        self.not_before = not_before
+        self.not_after = not_after
+        self.delay_seconds = delay_seconds
+
+
+NAIVE = datetime(2026, 1, 5, 9, 0)
+PLUS_FIVE = timezone(timedelta(hours=5))
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        ScheduleWindow(T0, T0 + HOUR, 900),
+        ScheduleWindow(T0, T0 + HOUR, 0, "retry_after"),
+        ScheduleWindow(T0.astimezone(PLUS_FIVE), T0 + HOUR, 900),
+        ScheduleWindow(NAIVE, T0 + HOUR, 900),
+        ScheduleWindow(T0, NAIVE, 900),
+        ScheduleWindow(T0, T0 + HOUR, -1),
+        ScheduleWindow(T0, T0 + HOUR, 1.0),
+        ScheduleWindow(T0, T0 + HOUR, True),
+        ScheduleWindow("2026-01-05T09:00:00Z", T0 + HOUR, 900),
+        LooseWindow(T0, T0 + HOUR, 900),
+        LooseWindow(NAIVE, NAIVE, 900),
+        object(),
+    ],
+)
+def test_the_quick_window_check_gives_the_full_checks_answer(window) -> None:
+    assert _is_window(window) == _full_window_check(window)
 
 
 # -- hook order -------------------------------------------------------------------
