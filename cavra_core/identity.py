@@ -14,15 +14,34 @@ import hashlib
 import logging
 import re
 import secrets
+import unicodedata
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import peewee
 
-from cavra_core import validation
+from cavra_core import redaction, validation
 from cavra_core.decisions import format_time_precise
 from cavra_core.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from cavra_core.store import ApiToken, database_proxy
+
+__all__ = [
+    "ROLES",
+    "TOKEN_PREFIX",
+    "Actor",
+    "TokenInUse",
+    "actor_for",
+    "authenticate",
+    "create_token",
+    "find_token",
+    "list_tokens",
+    "normal_name",
+    "revoke_token",
+    "token_actor",
+    "token_hash",
+    "tokens_configured",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +83,29 @@ def actor_for(given: str | None, actor: Actor | None) -> Actor | None:
     return actor
 
 
+def normal_name(name: str) -> str:
+    """
+    The form in which two names that read the same are equal.
+
+    In order: NFKC (full-width letters, ligatures, superscripts and other
+    compatibility forms become plain characters; a no-break space becomes a
+    space), every format character removed (Unicode category ``Cf``: zero-width
+    spaces and joiners, bidirectional marks, soft hyphens, the byte order
+    mark), case folded, NFKC again (folding can undo it), and whitespace
+    stripped from both ends. So ``" T-ADMIN"``, ``"t-admin\u200b"`` and the
+    full-width ``"ｔ-ａｄｍｉｎ"`` all become ``"t-admin"``; a name of spaces
+    and format characters only becomes ``""``. Inner whitespace is kept as it
+    is: ``"t admin"`` and ``"t  admin"`` stay two names.
+
+    NOTE(identity): letters of different scripts that merely look alike (a
+    Cyrillic "а" for a Latin "a") stay different; telling those apart needs
+    the Unicode confusables tables, which cavra does not ship.
+    """
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", text.casefold()).strip()
+
+
 # -- API tokens ------------------------------------------------------------------
 
 #: Every token starts with this, so a leaked one is easy to recognise and scan for.
@@ -71,6 +113,9 @@ TOKEN_PREFIX = "cavra_"
 #: Longer texts cannot be tokens; they are refused without a query.
 _TOKEN_TEXT_LIMIT = 200
 _TOKEN_ID = re.compile(r"tok_[0-9a-f]{32}")
+#: PostgreSQL advisory lock that serialises token creation, so that two
+#: look-alike names cannot both pass the check (SQLite serialises writers).
+_CREATE_LOCK = 7260423
 
 
 class TokenInUse(Conflict):
@@ -83,7 +128,11 @@ def token_hash(token_text: str) -> str:
 
 
 def create_token(
-    name: str, role: str, now: datetime | None = None
+    name: str,
+    role: str,
+    now: datetime | None = None,
+    *,
+    rules: Iterable[redaction.RedactionRule] = (),
 ) -> tuple[str, dict[str, Any]]:
     """
     Make an API token for ``name`` with ``role``.
@@ -92,18 +141,15 @@ def create_token(
     its document (as :func:`list_tokens` lists it).
 
     Raises:
-        InvalidInput: the name breaks the actor rules (``schemas/actor.json``)
-            or the role is not one of :data:`ROLES`.
-        TokenInUse: a token, revoked or not, already has this name.
+        InvalidInput: the name is blank, starts or ends with whitespace,
+            breaks the actor rules (``schemas/actor.json``) or is refused by
+            the redaction guard (with ``rules``, plugin rules too), or the
+            role is not one of :data:`ROLES`.
+        TokenInUse: a token, revoked or not, already has this name, or one
+            that reads the same (:func:`normal_name`).
     """
     now = _utc(now)
-    if not isinstance(name, str) or not validation.is_valid("actor", name):
-        raise InvalidInput(
-            "A token's name must be 1 to 200 characters without control "
-            "characters; it is recorded as the actor of everything done with "
-            "the token.",
-            [FieldProblem("/name", "is not a valid actor name", "actor")],
-        )
+    _check_name(name, rules)
     if role not in ROLES:
         raise InvalidInput(
             f"A token's role must be one of {', '.join(ROLES)}.",
@@ -121,8 +167,11 @@ def create_token(
     }
     try:
         with database_proxy.atomic():
-            if ApiToken.select().where(ApiToken.name == name).exists():
-                raise _name_in_use()
+            if isinstance(database_proxy.obj, peewee.PostgresqlDatabase):
+                database_proxy.execute_sql(
+                    "SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,)
+                )
+            _refuse_look_alikes(name)
             ApiToken.insert(row).execute()
     except peewee.IntegrityError:
         # Another process made a token of this name between the check and
@@ -132,10 +181,73 @@ def create_token(
     return token_text, _token_document(ApiToken(**row))
 
 
-def _name_in_use() -> TokenInUse:
+def _check_name(name: Any, rules: Iterable[redaction.RedactionRule]) -> None:
+    """Refuse a name that cannot stand for a token's actor, saying how to fix it."""
+    recorded = "it is recorded as the actor of everything done with the token"
+    if not isinstance(name, str) or not name:
+        pass  # the actor rules below say what a name must be
+    elif not normal_name(name):
+        raise InvalidInput(
+            "A token's name must hold at least one visible character: "
+            f"{recorded}, so give the name of a person or a service.",
+            [FieldProblem("/name", "is blank", "blank")],
+        )
+    elif _invisible(name[0]) or _invisible(name[-1]):
+        raise InvalidInput(
+            "A token's name must not start or end with whitespace or an "
+            f"invisible character: {recorded}. Remove them.",
+            [
+                FieldProblem(
+                    "/name",
+                    "starts or ends with whitespace or an invisible character",
+                    "padded",
+                )
+            ],
+        )
+    if not isinstance(name, str) or not validation.is_valid("actor", name):
+        raise InvalidInput(
+            "A token's name must be 1 to 200 characters without control "
+            f"characters; {recorded}.",
+            [FieldProblem("/name", "is not a valid actor name", "actor")],
+        )
+    problems = redaction.find_problems({"name": name}, rules=rules)
+    if problems:
+        problem = problems[0]
+        # The guard's detail is "what is wrong; how to fix it in a body".
+        what = problem.detail.partition("; ")[0]
+        raise InvalidInput(
+            f"A token's name {what}: {recorded}, so the redaction guard reads "
+            "it as it reads a request body. Choose a plain name, such as a "
+            "person's or a service's.",
+            [problem],
+        )
+
+
+def _invisible(character: str) -> bool:
+    return character.isspace() or unicodedata.category(character) == "Cf"
+
+
+def _refuse_look_alikes(name: str) -> None:
+    """Refuse ``name`` when a token's name, revoked or not, reads the same."""
+    wanted = normal_name(name)
+    # Names are few (one per person or service) and look-alikes cannot be
+    # found through an index on the stored name, so every name is read.
+    for (existing,) in ApiToken.select(ApiToken.name).tuples():
+        if normal_name(existing) == wanted:
+            raise _name_in_use(look_alike=existing != name)
+
+
+def _name_in_use(*, look_alike: bool = False) -> TokenInUse:
+    which = (
+        "A token with a name that reads the same exists already (names are "
+        "compared without case, surrounding spaces, invisible characters or "
+        "full-width forms)"
+        if look_alike
+        else "A token with this name exists already"
+    )
     return TokenInUse(
-        "A token with this name exists already; revoked tokens keep their "
-        "names so that evidence names one token only. Choose another name."
+        f"{which}; revoked tokens keep their names so that evidence names one "
+        "token only. Choose another name (`cavra tokens list` shows them)."
     )
 
 

@@ -83,7 +83,7 @@ class Cavra:
         )
 
     def token(self, role: str, name: str) -> str:
-        made = self.cli("tokens", "create", "--role", role, "--name", name)
+        made = self.cli("tokens", "create", "--role", role, "--name", name, "--create")
         assert made.returncode == 0, made.stderr
         return made.stdout.strip()
 

@@ -22,7 +22,7 @@ import pytest
 from falcon import testing
 from plugins_fixtures import Clock, FakePlugin, FakeType, attempt, failed, package
 
-from cavra_core import Engine, identity, validation
+from cavra_core import Engine, identity, redaction, validation
 from cavra_core.engine import package_hash
 from cavra_core.errors import Conflict, InvalidInput, NotFound
 from cavra_core.store import MODELS, ApiToken, RetryPlan
@@ -244,6 +244,126 @@ def test_a_revoked_token_keeps_its_name(store, clock) -> None:
 
     with pytest.raises(Conflict):
         identity.create_token("alice", "admin", clock())
+
+
+@pytest.mark.parametrize(
+    ("name", "normal"),
+    [
+        ("t-admin", "t-admin"),
+        ("T-ADMIN", "t-admin"),
+        (" t-admin", "t-admin"),
+        ("t-admin ", "t-admin"),
+        ("\tt-admin\u3000", "t-admin"),
+        ("t-admin\u200b", "t-admin"),
+        ("t-\u00adad\u200dmin\ufeff", "t-admin"),
+        ("\u202et-admin", "t-admin"),
+        ("\uff54-\uff41\uff44\uff4d\uff49\uff4e", "t-admin"),
+        ("Stra\u00dfe", "strasse"),
+        ("\u2160 ops", "i ops"),
+        ("t\u00a0admin", "t admin"),
+        ("t  admin", "t  admin"),
+        (" ", ""),
+        ("\u200b\u2060 \ufeff", ""),
+    ],
+)
+def test_normal_name_folds_case_width_spacing_and_invisible_characters(
+    name: str, normal: str
+) -> None:
+    assert identity.normal_name(name) == normal
+
+
+def test_a_name_shaped_like_a_credential_is_refused_as_a_body_would_be(
+    store,
+) -> None:
+    name = "Bearer abcdefghijklmnopqrstuvwxyz123456"
+
+    with pytest.raises(InvalidInput) as raised:
+        identity.create_token(name, "platform_owner")
+
+    [problem] = raised.value.problems
+    assert (problem.pointer, problem.reason) == ("/name", "secret_value")
+    assert "credential" in raised.value.detail
+    assert name not in raised.value.detail and "abcdefghij" not in problem.detail
+    assert not ApiToken.select().exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["http://10.0.0.5/", "https://ops:hunter2@example.com/", "password=hunter2"],
+)
+def test_a_name_the_redaction_guard_refuses_is_not_stored(store, name) -> None:
+    with pytest.raises(InvalidInput, match="redaction guard"):
+        identity.create_token(name, "admin")
+
+    assert not ApiToken.select().exists()
+
+
+def test_plugin_redaction_rules_apply_to_names_too(store) -> None:
+    rule = redaction.RedactionRule(
+        "no-ticket-ids", "ticket_id", lambda _, text: text.startswith("INC-")
+    )
+
+    with pytest.raises(InvalidInput) as raised:
+        identity.create_token("INC-4711", "admin", rules=[rule])
+
+    assert [p.reason for p in raised.value.problems] == ["ticket_id"]
+
+
+@pytest.mark.parametrize("name", [" ", "   ", "\u3000", "\u200b", "\u200e\ufeff"])
+def test_a_blank_name_is_refused_saying_so(store, name) -> None:
+    with pytest.raises(InvalidInput, match="at least one visible character") as raised:
+        identity.create_token(name, "admin")
+
+    assert [p.reason for p in raised.value.problems] == ["blank"]
+    assert not ApiToken.select().exists()
+
+
+@pytest.mark.parametrize(
+    "name", [" t-admin", "t-admin ", "t-admin\n", "\tt-admin", "t-admin\u200b"]
+)
+def test_a_padded_name_is_refused_saying_what_to_remove(store, name) -> None:
+    with pytest.raises(InvalidInput, match="start or end with whitespace") as raised:
+        identity.create_token(name, "admin")
+
+    assert [p.reason for p in raised.value.problems] == ["padded"]
+    assert not ApiToken.select().exists()
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        "T-ADMIN",
+        "T-Admin",
+        "\uff54-\uff41\uff44\uff4d\uff49\uff4e",
+        "t-ad\u200bmin",
+        "t\u00ad-admin",
+        "t-\u200fadmin",
+    ],
+)
+def test_a_name_that_reads_like_one_in_use_is_refused(store, clock, look_alike) -> None:
+    identity.create_token("t-admin", "admin", clock())
+
+    with pytest.raises(Conflict, match="reads the same"):
+        identity.create_token(look_alike, "auditor", clock())
+
+    assert [t["name"] for t in identity.list_tokens()] == ["t-admin"]
+
+
+def test_a_look_alike_of_a_revoked_token_is_refused_too(store, clock) -> None:
+    identity.create_token("t-admin", "admin", clock())
+    identity.revoke_token("t-admin", clock())
+
+    with pytest.raises(Conflict, match="reads the same"):
+        identity.create_token("T-Admin", "admin", clock())
+
+
+def test_names_that_differ_in_more_than_spelling_are_two_tokens(store, clock) -> None:
+    identity.create_token("t-admin", "admin", clock())
+
+    identity.create_token("t admin", "admin", clock())
+    identity.create_token("t-admin-2", "admin", clock())
+
+    assert len(identity.list_tokens()) == 3
 
 
 def test_a_time_without_offset_is_refused(store, clock) -> None:
@@ -639,6 +759,7 @@ def test_tokens_create_prints_the_token_once(database_url, capsys) -> None:
             "alice",
             "--database",
             database_url,
+            "--create",
         ]
     )
 
@@ -660,6 +781,7 @@ def test_tokens_list_shows_names_and_roles_but_no_token(database_url, capsys) ->
             "bob",
             "--database",
             database_url,
+            "--create",
         ]
     )
     token = capsys.readouterr().out.strip()
@@ -686,6 +808,7 @@ def test_tokens_revoke_revokes_by_name(database_url, capsys) -> None:
             "bob",
             "--database",
             database_url,
+            "--create",
         ]
     )
     capsys.readouterr()
@@ -700,6 +823,8 @@ def test_tokens_revoke_revokes_by_name(database_url, capsys) -> None:
 
 
 def test_tokens_revoke_of_an_unknown_name_exits_2(database_url, capsys) -> None:
+    main(["migrate", "--database", database_url])
+
     status = main(["tokens", "revoke", "nobody", "--database", database_url])
 
     assert status == 2
@@ -707,7 +832,7 @@ def test_tokens_revoke_of_an_unknown_name_exits_2(database_url, capsys) -> None:
 
 
 def test_tokens_create_with_a_name_in_use_exits_2(database_url, capsys) -> None:
-    arguments = ["tokens", "create", "--role", "admin", "--name", "bob"]
+    arguments = ["tokens", "create", "--role", "admin", "--name", "bob", "--create"]
     main([*arguments, "--database", database_url])
     capsys.readouterr()
 
@@ -732,12 +857,153 @@ def test_tokens_use_the_database_of_the_environment(
     database_url, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("CAVRA_DATABASE_URL", database_url)
-    main(["tokens", "create", "--role", "admin", "--name", "env"])
+    main(["tokens", "create", "--role", "admin", "--name", "env", "--create"])
     capsys.readouterr()
 
     main(["tokens", "list", "--json"])
 
     assert json.loads(capsys.readouterr().out)["tokens"][0]["name"] == "env"
+
+
+def test_tokens_create_refuses_a_credential_as_the_name(database_url, capsys) -> None:
+    name = "Bearer abcdefghijklmnopqrstuvwxyz123456"
+
+    status = main(
+        ["tokens", "create", "--role", "platform_owner", "--name", name]
+        + ["--database", database_url, "--create"]
+    )
+
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert "credential" in err and "/name" in err
+    assert "abcdefghij" not in err
+
+
+def test_tokens_create_refuses_a_blank_name(database_url, capsys) -> None:
+    status = main(
+        ["tokens", "create", "--role", "admin", "--name", " "]
+        + ["--database", database_url, "--create"]
+    )
+
+    assert status == 2
+    assert "at least one visible character" in capsys.readouterr().err
+
+
+def test_tokens_create_refuses_a_look_alike_name(database_url, capsys) -> None:
+    arguments = ["--role", "admin", "--database", database_url, "--create"]
+    main(["tokens", "create", "--name", "t-admin", *arguments])
+    capsys.readouterr()
+
+    status = main(["tokens", "create", "--name", "T-ADMIN ", *arguments])
+
+    assert status == 2
+    assert "start or end with whitespace" in capsys.readouterr().err
+    assert main(["tokens", "create", "--name", "T-ADMIN", *arguments]) == 2
+    assert "reads the same" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tokens", "create", "--role", "admin", "--name", "ops"],
+        ["tokens", "list"],
+        ["tokens", "revoke", "ops"],
+    ],
+)
+def test_token_commands_refuse_a_store_that_does_not_exist(
+    tmp_path, capsys, command
+) -> None:
+    store = tmp_path / "typo" / "cavra.db"
+
+    status = main([*command, "--database", f"sqlite:///{store}"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and f"no store at {store}" in err
+    assert "--database" in err
+    assert ("--create" in err) == (command[1] == "create")
+    assert not store.parent.exists()
+
+
+def test_tokens_create_makes_a_new_store_with_create(tmp_path, capsys) -> None:
+    store = tmp_path / "new" / "cavra.db"
+    url = f"sqlite:///{store}"
+
+    status = main(
+        ["tokens", "create", "--role", "admin", "--name", "ops"]
+        + ["--database", url, "--create"]
+    )
+
+    capsys.readouterr()
+    assert status == 0 and store.is_file()
+    main(["tokens", "list", "--json", "--database", url])
+    assert json.loads(capsys.readouterr().out)["tokens"][0]["name"] == "ops"
+
+
+def test_migrate_still_makes_a_new_store_and_its_folder(tmp_path, capsys) -> None:
+    store = tmp_path / "new" / "cavra.db"
+
+    status = main(["migrate", "--database", f"sqlite:///{store}"])
+
+    assert status == 0 and store.is_file()
+
+
+def _unusable_stores(tmp_path: Path) -> dict[str, Path]:
+    not_a_database = tmp_path / "passwd"
+    not_a_database.write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
+    folder = tmp_path / "folder.db"
+    folder.mkdir()
+    in_a_file = not_a_database / "cavra.db"
+    return {
+        "not a database": not_a_database,
+        "a folder": folder,
+        "in a file": in_a_file,
+    }
+
+
+@pytest.mark.parametrize("kind", ["not a database", "a folder", "in a file"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tokens", "list"],
+        ["tokens", "create", "--role", "admin", "--name", "ops", "--create"],
+        ["tokens", "revoke", "ops"],
+        ["migrate"],
+        ["plan"],
+        ["worker", "runs"],
+        ["dashboard"],
+        ["evidence", "export"],
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(
+    tmp_path, capsys, kind, command
+) -> None:
+    store = _unusable_stores(tmp_path)[kind]
+
+    status = main([*command, "--database", f"sqlite:///{store}"])
+
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    assert err.startswith("cavra: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file")
+def test_a_store_without_permission_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    store = tmp_path / "cavra.db"
+    main(["migrate", "--database", f"sqlite:///{store}"])
+    capsys.readouterr()
+    store.chmod(0)
+    tmp_path.chmod(0o500)
+
+    try:
+        status = main(["tokens", "list", "--database", f"sqlite:///{store}"])
+    finally:
+        tmp_path.chmod(0o700)
+        store.chmod(0o600)
+
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "cannot use the database" in err
 
 
 # -- serving the network -------------------------------------------------------
@@ -775,7 +1041,15 @@ def test_the_api_serves_the_network_once_a_token_exists(database_url, tmp_path) 
     import urllib.request
 
     created = _cavra(
-        tmp_path, database_url, "tokens", "create", "--role", "auditor", "--name", "a"
+        tmp_path,
+        database_url,
+        "tokens",
+        "create",
+        "--role",
+        "auditor",
+        "--name",
+        "a",
+        "--create",
     )
     token = created.stdout.strip()
     environment = {**os.environ, "CAVRA_DATABASE_URL": database_url}
