@@ -96,7 +96,9 @@ PRIVATE_HOST = "private_host"
 TEXT_TOO_LONG = "text_too_long"
 PAYLOAD_BODY = "payload_body"
 
-#: Longest free text accepted in a request, in characters.
+#: Longest free text accepted in a request, in characters. No schema allows a
+#: longer string (``tests/test_schemas.py`` holds them to it), so a document
+#: its schema accepts is never refused for its length alone.
 MAX_TEXT_LENGTH = 2000
 #: Most problems reported for one document; the walk stops there.
 MAX_PROBLEMS = 50

@@ -30,6 +30,7 @@ from cavra_core import (
     UnprocessableInput,
     default_policy,
     hookimpl,
+    redaction,
     validation,
 )
 from cavra_core.engine import package_hash
@@ -936,6 +937,47 @@ def test_an_external_ref_with_credentials_is_refused(recovery, playbook) -> None
     assert [pointer for pointer, _ in problems_of(caught)] == ["/external_ref"]
 
 
+#: Notes of exactly the longest length a closure takes: plain sentences, so
+#: that only their length is judged.
+LONGEST_NOTES = ("Token rotated at the receiver; deliveries watched.\n" * 40)[:2000]
+
+
+def test_notes_of_the_redaction_guards_length_are_recorded(recovery, playbook) -> None:
+    closure = close(recovery, playbook, T0 + 2 * HOUR, notes=LONGEST_NOTES)
+
+    assert closure["notes"] == LONGEST_NOTES
+    assert len(LONGEST_NOTES) == redaction.MAX_TEXT_LENGTH
+
+
+def test_longer_notes_are_refused_by_the_schema_naming_the_field(
+    recovery, playbook
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        close(recovery, playbook, T0 + 2 * HOUR, notes=LONGEST_NOTES + "x")
+
+    assert problems_of(caught) == [("/notes", "maxLength")]
+    assert "2000" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "blank"),
+    [
+        ("notes", "   "),
+        ("notes", " \n\t "),
+        ("notes", "\u200b"),
+        ("external_ref", " "),
+        ("external_ref", "\u3000\u00a0"),
+    ],
+)
+def test_blank_notes_and_references_are_refused(
+    recovery, playbook, field, blank
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        close(recovery, playbook, T0 + 2 * HOUR, **{field: blank})
+
+    assert [pointer for pointer, _ in problems_of(caught)] == [f"/{field}"]
+
+
 def test_a_live_run_delivery_resolves_the_item(recovery, engine, fake) -> None:
     """The whole way: fail, playbook, plan, approve, live run, resolved closure."""
     lineage_id = fail(engine, T0)
@@ -1179,7 +1221,8 @@ def test_api_says_what_a_resolved_closure_must_cite(client, playbook) -> None:
     [
         ({"closure_state": "done"}, "/closure_state"),
         ({"external_ref": "x" * 201}, "/external_ref"),
-        ({"notes": "x" * 4001}, "/notes"),
+        ({"notes": "x" * 2001}, "/notes"),
+        ({"notes": "   "}, "/notes"),
         ({"verification_refs": ["wr_" + "0" * 32]}, "/verification_refs/0"),
         ({"verification_refs": ["ex_" + "0" * 32] * 2}, "/verification_refs"),
         (

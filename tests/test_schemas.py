@@ -13,6 +13,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from cavra_core.redaction import MAX_TEXT_LENGTH
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 BASE = "https://cavra.dev/schemas/"
 INDEX = json.loads((SCHEMA_DIR / "index.json").read_text(encoding="utf-8"))
@@ -100,6 +102,14 @@ def test_strings_are_bounded(name: str) -> None:
     for where, node in subschemas(SCHEMAS[name]):
         if "string" in types_of(node) and "enum" not in node:
             assert "maxLength" in node, f"{name}{where} has no maxLength"
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_no_string_is_longer_than_the_redaction_guard_accepts(name: str) -> None:
+    """A schema must not promise a length that the guard then refuses."""
+    for where, node in subschemas(SCHEMAS[name]):
+        if "maxLength" in node:
+            assert node["maxLength"] <= MAX_TEXT_LENGTH, f"{name}{where}"
 
 
 def test_full_plan_and_selected_retry_extend_their_parts() -> None:
@@ -478,7 +488,16 @@ ACTIVITY = {
 }
 
 GOOD: dict[str, list[Any]] = {
-    "actor.json": ["a", "Dana Release <dana@example.org>", "x" * 200],
+    "actor.json": [
+        "a",
+        "Dana Release <dana@example.org>",
+        "x" * 200,
+        "Zoë Ø'Brien",
+        "运维 团队",
+        "a\u200db",
+        "\u200bleading-format-character",
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+    ],
     "connector-id.json": ["splunk-prod", "0", "a" * 100],
     "package-id.json": [PACKAGE_ID, "0" * 64],
     "ids.json": ["wr_" + HEX, "lin_" + HEX],
@@ -591,6 +610,7 @@ GOOD: dict[str, list[Any]] = {
     ],
     "approval-request.json": [
         {"reason": "receiver fixed", "all_retry_decisions": True},
+        {"reason": "x", "all_retry_decisions": True},
         {
             "approved_by": "Pat Owner",
             "verdict": "deny",
@@ -600,7 +620,10 @@ GOOD: dict[str, list[Any]] = {
             "plan_hash": "cd" * 32,
         },
     ],
-    "approval-revoke-request.json": [{"reason": "approved the wrong plan"}],
+    "approval-revoke-request.json": [
+        {"reason": "approved the wrong plan"},
+        {"reason": " approved the wrong plan\n", "revoked_by": "Pat Owner"},
+    ],
     "approval.json": [APPROVAL, {**APPROVAL, "decisions": [APPROVED_DECISION]}],
     "approval-page.json": [{"items": [APPROVAL], "next_cursor": None}],
     "execution.json": [EXECUTION, {**EXECUTION, **SKIPPED_EXECUTION}],
@@ -625,6 +648,12 @@ GOOD: dict[str, list[Any]] = {
     "recovery-closure-request.json": [
         {"connector_id": "audit-webhook", "closure_state": "deferred"},
         {
+            "connector_id": "audit-webhook",
+            "closure_state": "deferred",
+            "external_ref": "x",
+            "notes": ("Waiting on the network team.\n" * 100)[:2000],
+        },
+        {
             key: CLOSURE[key]
             for key in (
                 "connector_id",
@@ -639,6 +668,8 @@ GOOD: dict[str, list[Any]] = {
     "recovery-closure.json": [
         CLOSURE,
         {**CLOSURE, "external_ref": None, "notes": None, "verification_refs": []},
+        # Names are read back as they were recorded, padded ones too.
+        {**CLOSURE, "closed_by": " soc-analyst "},
     ],
     "recovery-report.json": [REPORT],
     "evidence-entry.json": [
@@ -750,6 +781,16 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         ("too long", "x" * 201),
         ("control character", "dana\tops"),
         ("trailing newline", "dana\n"),
+        ("leading space", " dana"),
+        ("trailing space", "dana "),
+        ("one space", " "),
+        ("spaces only", "   "),
+        ("no-break space at the end", "dana\u00a0"),
+        ("ideographic space first", "\u3000dana"),
+        ("zero-width space only", "\u200b"),
+        ("format characters only", "\u200e\u2060\ufeff"),
+        ("format and spaces only", "\u200b \u200b"),
+        ("tag characters only", "\U000e0020\U000e007f"),
     ],
     "connector-id.json": [
         ("upper case", "Splunk"),
@@ -827,6 +868,19 @@ BAD: dict[str, list[tuple[str, Any]]] = {
             },
         ),
         ("unknown field", {"reason": "r", "all_retry_decisions": True, "force": 1}),
+        ("blank reason", {"reason": "   ", "all_retry_decisions": True}),
+        ("reason of breaks", {"reason": " \n\t\r ", "all_retry_decisions": True}),
+        ("invisible reason", {"reason": "\u200b\u00a0", "all_retry_decisions": True}),
+        (
+            "padded approver",
+            {"reason": "r", "all_retry_decisions": True, "approved_by": "pat "},
+        ),
+    ],
+    "approval-revoke-request.json": [
+        ("missing reason", {}),
+        ("blank reason", {"reason": " "}),
+        ("no-break spaces", {"reason": "\u00a0\u2007"}),
+        ("blank revoker", {"reason": "wrong plan", "revoked_by": " "}),
     ],
     "execution.json": [
         ("unknown outcome", changed(EXECUTION, "outcome", "sent")),
@@ -887,6 +941,22 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         (
             "control character",
             {"connector_id": "a", "closure_state": "deferred", "notes": "a\x07b"},
+        ),
+        (
+            "notes longer than the guard takes",
+            {"connector_id": "a", "closure_state": "deferred", "notes": "x" * 2001},
+        ),
+        (
+            "blank notes",
+            {"connector_id": "a", "closure_state": "deferred", "notes": " \n "},
+        ),
+        (
+            "blank reference",
+            {"connector_id": "a", "closure_state": "deferred", "external_ref": "  "},
+        ),
+        (
+            "padded closer",
+            {"connector_id": "a", "closure_state": "deferred", "closed_by": "\tc"},
         ),
     ],
     "recovery-closure.json": [
