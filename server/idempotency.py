@@ -18,9 +18,13 @@ primary key of :class:`~cavra_core.store.IdempotencyRecord` decides between
 two requests that race. Answers below 500 are kept; after a 5xx or a failure
 the claim is dropped, so the client can try again.
 
-Bodies are compared by the SHA-256 of their canonical JSON when they parse
-(so a body sent again with other spacing or key order is the same body), of
-their bytes otherwise.
+Bodies are compared by the SHA-256 of their canonical JSON when they parse,
+of their bytes otherwise. The canonical JSON has sorted keys, no spacing and
+every number written as the value the API reads: a number with a fraction or
+an exponent is read as a float, and one whose value is whole is written as
+the integer it equals. So a body sent again with other spacing, key order or
+number spelling (``0``, ``0.0``, ``0e0``, ``-0.0``; ``1.5`` and ``1.50``) is
+the same body; numbers of different values stay different.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def scope_key(token_id: str | None, method: str, path: str, key: str) -> str:
 def request_hash(body: bytes) -> str:
     """SHA-256 of the body's canonical JSON, or of its bytes if it does not parse."""
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_float=_json_number)
     except (ValueError, RecursionError):
         return hashlib.sha256(b"bytes\n" + body).hexdigest()
     try:
@@ -85,6 +89,14 @@ def request_hash(body: bytes) -> str:
     except (ValueError, RecursionError):
         return hashlib.sha256(b"bytes\n" + body).hexdigest()
     return hashlib.sha256(b"json\n" + canonical.encode("ascii")).hexdigest()
+
+
+def _json_number(text: str) -> int | float:
+    """A number with a fraction or exponent as canonical JSON writes it."""
+    value = float(text)
+    # 0.0 and 0 are one value to the API (and to the schemas' "integer"),
+    # so they must be one body here too.
+    return int(value) if value.is_integer() else value
 
 
 class IdempotencyKeys:

@@ -128,6 +128,54 @@ def test_a_body_sent_again_in_another_spelling_is_the_same_body(client) -> None:
     assert again.headers["idempotent-replayed"] == "true"
 
 
+def test_a_number_sent_again_in_another_spelling_is_the_same_body(client) -> None:
+    """0 and 0.0 are one value to the API, so they are one body to the key."""
+    first = client.simulate_post(
+        PLAN,
+        body=b'{"generated_by": "rm", "retry_policy": {"jitter": 0}}',
+        headers={"Idempotency-Key": KEY, "Content-Type": "application/json"},
+    )
+
+    again = client.simulate_post(
+        PLAN,
+        body=b'{"generated_by": "rm", "retry_policy": {"jitter": 0.0}}',
+        headers={"Idempotency-Key": KEY, "Content-Type": "application/json"},
+    )
+
+    assert first.status_code == 201, first.text
+    assert again.json["retry_plan_id"] == first.json["retry_plan_id"]
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (b'{"n": 0}', b'{"n": 0.0}'),
+        (b'{"n": 0}', b'{"n": -0.0}'),
+        (b'{"n": 0}', b'{"n": 0e0}'),
+        (b'{"n": 100}', b'{"n": 1E2}'),
+        (b'{"n": 1.5}', b'{"n": 1.50}'),
+        (b'{"n": 0.1}', b'{"n": 1e-1}'),
+        (b'{"n": [2, {"m": 3}]}', b'{"n": [2.0, {"m": 3.000}]}'),
+    ],
+)
+def test_numbers_of_one_value_hash_the_same(one: bytes, other: bytes) -> None:
+    assert request_hash(one) == request_hash(other)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (b'{"n": 0}', b'{"n": 0.5}'),
+        (b'{"n": 1}', b'{"n": true}'),
+        (b'{"n": 1}', b'{"n": "1"}'),
+        (b'{"n": 10000000000000000000000001}', b'{"n": 1e25}'),
+    ],
+)
+def test_numbers_of_other_values_hash_differently(one: bytes, other: bytes) -> None:
+    assert request_hash(one) != request_hash(other)
+
+
 def test_a_repeated_delivery_delivers_once(client, fake) -> None:
     body = {"package": package("drill-2"), "connectors": ["hook-a"]}
     body["generated_by"] = "rm"
