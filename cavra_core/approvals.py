@@ -29,7 +29,7 @@ from cavra_core.errors import (
     NotFound,
     UnprocessableInput,
 )
-from cavra_core.identity import Actor
+from cavra_core.identity import Actor, normal_name
 from cavra_core.paging import newest_first
 from cavra_core.store import (
     Approval,
@@ -127,7 +127,7 @@ class Approvals:
         if (
             verdict == "approve"
             and self.four_eyes
-            and who.name.casefold() == plan.generated_by.casefold()
+            and normal_name(who.name) == normal_name(plan.generated_by)
         ):
             raise Forbidden(
                 "The plan's author cannot approve it (four-eyes rule); ask "

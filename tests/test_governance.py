@@ -113,6 +113,19 @@ def test_author_cannot_approve_their_own_plan(engine, fake) -> None:
         approve(engine, made, T0 + 21 * MINUTE, actor=Actor("RM-Alice", True))
 
 
+@pytest.mark.parametrize("look_alike", ["RM-Alice", "ＲＭ-alice", "rm-alice\u200b"])
+def test_a_look_alike_of_the_author_cannot_approve(engine, fake, look_alike) -> None:
+    """
+    Four-eyes compares names as people read them, not byte for byte (names
+    padded with spaces are refused by the schema before that).
+    """
+    failed_and_due(engine, fake)
+    made = engine.plan_retries({"generated_by": "rm-alice"}, now=T0 + 20 * MINUTE)
+
+    with pytest.raises(Forbidden):
+        approve(engine, made, T0 + 21 * MINUTE, actor=None, approved_by=look_alike)
+
+
 def test_author_may_approve_when_four_eyes_is_off(make_engine, fake) -> None:
     engine = make_engine(
         CONNECTORS,
