@@ -766,6 +766,7 @@ def test_an_auditor_sees_no_action_and_exports_the_evidence_log(
     for name in (
         "Deliver ack audit",
         "Plan audit retry",
+        "Import attempts",
         "Run audit worker",
         "Recovery playbook",
     ):
@@ -824,6 +825,7 @@ def test_a_release_manager_may_deliver_and_plan_but_not_approve_or_run(
     page = console.page
     expect(page.get_by_role("button", name="Deliver ack audit")).to_be_visible()
     expect(page.get_by_role("button", name="Plan audit retry")).to_be_visible()
+    expect(page.get_by_role("button", name="Import attempts")).to_be_visible()
     expect(page.get_by_role("button", name="Run audit worker")).to_have_count(0)
     expect(page.get_by_role("button", name="Recovery playbook")).to_have_count(0)
     expect(
@@ -1045,3 +1047,68 @@ def test_a_platform_owner_denies_revokes_and_resumes(
     ).click()
     expect(console.message()).to_contain_text("soc-hook is active again")
     expect(console.card("paused")).to_have_text("0")
+
+
+def test_a_release_manager_imports_attempts_made_elsewhere(
+    flow: dict[str, Any], tab: Any
+) -> None:
+    """A file read in the browser is recorded; a bad field is refused at its pointer."""
+    server, tokens = flow["server"], flow["tokens"]
+    console = tab(server)
+    console.sign_in(tokens["rm-alice"], "release_manager")
+    page = console.page
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    package = _package("drill-imported", started - timedelta(minutes=5))
+    attempt = {
+        "package_id": package_hash(package),
+        "connector_id": "audit-hook",
+        "outcome": "failed",
+        **_http(503),
+        "started_at": _stamp(started),
+        "finished_at": _stamp(started + timedelta(seconds=2)),
+    }
+    lineage = _lineage(package_hash(package), "audit-hook")
+
+    page.get_by_role("button", name="Import attempts").click()
+    dialog = console.dialog("Import attempts")
+    document = dialog.get_by_label("Attempts document (JSON)")
+    document.fill('{"attempts": [')
+    dialog.get_by_role("button", name="Import attempts", exact=True).click()
+    expect(dialog.get_by_role("alert")).to_contain_text("not valid JSON")
+    expect(document).to_have_attribute("aria-invalid", "true")
+    dialog.get_by_label("Read a .json file").set_input_files(
+        {
+            "name": "attempts.json",
+            "mimeType": "application/json",
+            "buffer": json.dumps(
+                {"packages": [package], "attempts": [attempt]}
+            ).encode(),
+        }
+    )
+    expect(document).to_have_value(re.compile('"drill-imported"'))
+    dialog.get_by_role("button", name="Import attempts", exact=True).click()
+    expect(console.message()).to_contain_text(
+        "1 attempts recorded, in 1 lineages now 1 failed"
+    )
+    result = console.dialog("Imported 1 attempts")
+    expect(result.locator("#import-result tbody tr")).to_contain_text(lineage)
+    expect(result.locator("#import-result tbody tr")).to_contain_text("failed")
+    result.get_by_role("button", name=re.compile("^Close")).click()
+    console.view("failed")
+    expect(page.locator(f'#failed-table tr[data-lineage="{lineage}"]')).to_contain_text(
+        "503"
+    )
+
+    console.view("dashboard")
+    page.get_by_role("button", name="Import attempts").click()
+    dialog = console.dialog("Import attempts")
+    bad = {**attempt, "http_status": 700, "started_at": _stamp(started)}
+    dialog.get_by_label("Attempts document (JSON)").fill(
+        json.dumps({"attempts": [bad]}, indent=2)
+    )
+    dialog.get_by_role("button", name="Import attempts", exact=True).click()
+    alert = dialog.get_by_role("alert")
+    expect(alert).to_contain_text("(400)")
+    expect(alert.locator("code")).to_contain_text(["/attempts/0/http_status"])
+    expect(dialog.locator(".field-problem")).to_contain_text("/attempts/0/http_status")
+    console.shoot("import-attempts")

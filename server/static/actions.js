@@ -16,6 +16,7 @@ import {
   openDialog,
   say,
   showFormProblem,
+  table,
   timeElement,
   utcFromInput,
 } from "./dom.js";
@@ -26,6 +27,7 @@ const PATH = {
   plan: "/retry-plan",
   run: "/worker-run",
   playbook: "/connector-recovery-playbook",
+  attempts: "/attempts",
 };
 
 /**
@@ -242,6 +244,150 @@ export function openDeliver() {
         .join("; ");
       say(`Package of drill ${report.drill_id} delivered: ${summary}.`, "success");
       await refresh("dashboard", "failed");
+    },
+  );
+}
+
+// -- import attempts ---------------------------------------------------
+
+const IMPORT_EXAMPLE = `{
+  "packages": [ ...audit packages cavra has not stored yet (optional)... ],
+  "attempts": [
+    {
+      "package_id": "…",
+      "connector_id": "audit-hook",
+      "outcome": "failed",
+      "error_class": "http_status",
+      "http_status": 503,
+      "started_at": "2026-12-03T17:48:00Z",
+      "finished_at": "2026-12-03T17:48:01Z"
+    }
+  ]
+}`;
+
+/** Why `text` is not a document the import can take, or null when it is. */
+function importDocumentProblem(text) {
+  if (!text.trim()) {
+    return "Paste the JSON document, or choose a .json file.";
+  }
+  let document;
+  try {
+    document = JSON.parse(text);
+  } catch (error) {
+    return `This is not valid JSON (${error.message}); nothing was sent.`;
+  }
+  if (document === null || typeof document !== "object" || Array.isArray(document)) {
+    return "The document must be a JSON object with \"attempts\" (and optionally \"packages\"); nothing was sent.";
+  }
+  return null;
+}
+
+export function openImportAttempts() {
+  const text = h("textarea", {
+    name: "document",
+    rows: 14,
+    spellcheck: "false",
+    autocomplete: "off",
+    class: "json-document",
+    placeholder: IMPORT_EXAMPLE,
+    "data-pointer-root": "true",
+  });
+  const file = h("input", { type: "file", name: "file", accept: ".json,application/json" });
+  const fileNote = h("span", { class: "help", "aria-live": "polite" });
+  file.addEventListener("change", () => {
+    const chosen = file.files && file.files[0];
+    if (!chosen) {
+      return;
+    }
+    // Read here, in the browser: the file goes nowhere but into the text box.
+    const reader = new FileReader();
+    reader.addEventListener("load", () => {
+      text.value = String(reader.result);
+      fileNote.textContent = `Read ${chosen.name} (${chosen.size} bytes) into the document below.`;
+    });
+    reader.addEventListener("error", () => {
+      fileNote.textContent = `Could not read ${chosen.name}.`;
+    });
+    reader.readAsText(chosen);
+  });
+  const form = h(
+    "form",
+    { id: "import-form", novalidate: true },
+    h(
+      "p",
+      { class: "help" },
+      "Record delivery attempts made outside cavra, so that they get retry decisions like any other: ",
+      "up to 1,000 attempts, in the order they happened, with the packages cavra has not stored yet. ",
+      "All or nothing: if one attempt cannot be recorded, none is.",
+    ),
+    field("Read a .json file", file),
+    fileNote,
+    field(
+      "Attempts document (JSON)",
+      text,
+      "Sent to POST .../attempts as written: an object with attempts and optionally packages.",
+    ),
+    h("p", { class: "dialog-actions" }, h("button", { type: "submit" }, "Import attempts")),
+  );
+  const { alert, close } = openDialog("Import attempts", form, { wide: true });
+  handleSubmit(
+    form,
+    alert,
+    () => {
+      const problem = importDocumentProblem(text.value);
+      if (problem) {
+        throw new api.ApiError(0, { title: "Check the document", detail: problem, errors: [{ pointer: "", detail: problem }] });
+      }
+      return text.value;
+    },
+    (document) => api.postText(PATH.attempts, document),
+    async (result) => {
+      close();
+      const lineages = new Map();
+      for (const attempt of result.attempts) {
+        // The attempts come in order: a lineage's last one says its state.
+        lineages.set(attempt.lineage_id, { attempt, count: (lineages.get(attempt.lineage_id)?.count || 0) + 1 });
+      }
+      const states = new Map();
+      for (const { attempt } of lineages.values()) {
+        states.set(attempt.lineage_state, (states.get(attempt.lineage_state) || 0) + 1);
+      }
+      const stateText = Array.from(states, ([name, count]) => `${count} ${name}`).join(", ");
+      say(`${result.recorded_count} attempts recorded, in ${lineages.size} lineages now ${stateText}.`, "success");
+      await refresh("dashboard", "failed");
+      openDialog(
+        `Imported ${result.recorded_count} attempts`,
+        table(
+          "Lineages of the imported attempts, with their state now",
+          ["Lineage", "Connector", "Attempts recorded", "Latest", "Lineage state", "Decision"],
+          Array.from(lineages.values(), ({ attempt, count }) => [
+            h("code", {}, attempt.lineage_id),
+            attempt.connector_id,
+            String(count),
+            h(
+              "span",
+              {},
+              `attempt ${attempt.attempt_number}: `,
+              badge(attempt.outcome),
+              attempt.error_class ? ` ${attempt.error_class}` : "",
+              attempt.http_status ? ` ${attempt.http_status}` : "",
+            ),
+            badge(attempt.lineage_state),
+            h(
+              "button",
+              {
+                type: "button",
+                class: "secondary",
+                "aria-label": `Explain lineage ${attempt.lineage_id}`,
+                onclick: () => openLineage(attempt.lineage_id),
+              },
+              "Explain",
+            ),
+          ]),
+          { id: "import-result" },
+        ),
+        { wide: true },
+      );
     },
   );
 }
@@ -779,4 +925,5 @@ export const ACTIONS = {
   plan: openPlan,
   run: openWorkerRun,
   playbook: openPlaybookRequest,
+  import: openImportAttempts,
 };

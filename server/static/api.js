@@ -60,18 +60,19 @@ function newIdempotencyKey() {
  * Throws ApiError for any answer that is not 2xx, with the problem document
  * (or one made up from the status when the body was not one).
  */
-export async function send(method, path, { query, body } = {}) {
+export async function send(method, path, { query, body, text: raw } = {}) {
   const headers = { Accept: "application/json" };
   const token = storedToken();
   if (token) {
     headers.Authorization = `Bearer ${token}`;
   }
   const init = { method, headers, credentials: "omit", cache: "no-store" };
-  if (body !== undefined) {
+  if (body !== undefined || raw !== undefined) {
     headers["Content-Type"] = "application/json";
     // A key per request: a POST the network replays is answered, not made twice.
     headers["Idempotency-Key"] = newIdempotencyKey();
-    init.body = JSON.stringify(body);
+    // `raw` is a JSON document sent as it was written, not re-serialised.
+    init.body = raw !== undefined ? raw : JSON.stringify(body);
   }
 
   let response;
@@ -113,4 +114,9 @@ export async function get(path, query) {
 
 export async function post(path, body) {
   return (await send("POST", path, { body })).document;
+}
+
+/** POST `text`, a JSON document, exactly as written. */
+export async function postText(path, text) {
+  return (await send("POST", path, { text })).document;
 }

@@ -313,14 +313,28 @@ export function showFormProblem(form, alertArea, error) {
     if (place.pointer === undefined) {
       return;
     }
-    const field = findPointerField(form, place.pointer);
+    let field = findPointerField(form, place.pointer);
+    // A field holding a whole document (data-pointer-root) takes the
+    // problems of any place in it, each note naming its pointer.
+    const root = field ? null : form.querySelector("[data-pointer-root]");
+    field = field || root;
     if (!field) {
       return;
     }
     const noteId = `${form.id || "form"}-problem-${index}`;
     field.setAttribute("aria-invalid", "true");
-    const note = h("span", { class: "field-problem", id: noteId }, place.detail || "");
-    field.insertAdjacentElement("afterend", note);
+    const note = h(
+      "span",
+      { class: "field-problem", id: noteId },
+      root && place.pointer ? [h("code", {}, place.pointer), " "] : null,
+      place.detail || "",
+    );
+    // After the field's earlier notes, so that they read in order.
+    let after = field;
+    while (after.nextElementSibling && after.nextElementSibling.classList.contains("field-problem")) {
+      after = after.nextElementSibling;
+    }
+    after.insertAdjacentElement("afterend", note);
     const described = field.getAttribute("aria-describedby");
     field.setAttribute("aria-describedby", described ? `${described} ${noteId}` : noteId);
   });
