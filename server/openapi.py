@@ -226,6 +226,14 @@ def _problem_responses() -> dict[str, Any]:
                     "schema": {"type": "string"},
                 }
             }
+        if status == 413:
+            # The HTTP server refuses a body far over the limit itself, before
+            # the app could read it, and answers in plain text.
+            response["description"] += (
+                " A body over 8 MiB is refused by the HTTP server itself, "
+                "before cavra reads it, with a plain-text answer."
+            )
+            response["content"]["text/plain"] = {"schema": {"type": "string"}}
         if status == 401:
             response["headers"] = {
                 "WWW-Authenticate": {

@@ -988,24 +988,6 @@ def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(
     assert "Traceback" not in err and out == ""
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file")
-def test_a_store_without_permission_is_one_line_and_exit_2(tmp_path, capsys) -> None:
-    store = tmp_path / "cavra.db"
-    main(["migrate", "--database", f"sqlite:///{store}"])
-    capsys.readouterr()
-    store.chmod(0)
-    tmp_path.chmod(0o500)
-
-    try:
-        status = main(["tokens", "list", "--database", f"sqlite:///{store}"])
-    finally:
-        tmp_path.chmod(0o700)
-        store.chmod(0o600)
-
-    err = capsys.readouterr().err
-    assert status == 2 and err.count("\n") == 1 and "cannot use the database" in err
-
-
 # -- serving the network -------------------------------------------------------
 
 
