@@ -56,7 +56,7 @@ from cavra_core.errors import (
 )
 from cavra_core.identity import Actor, actor_for
 from cavra_core.lineages import Lineages
-from cavra_core.paging import decode_cursor, encode_cursor
+from cavra_core.paging import decode_cursor, encode_cursor, newest_first
 from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
 from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
 from cavra_core.policy import DEFAULT_POLICY, PolicyError, RetryPolicy
@@ -1137,26 +1137,14 @@ class Engine:
     def list_plans(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
-        query = RetryPlan.select()
-        if cursor:
-            micros, row_id = decode_cursor(cursor)
-            query = query.where(
-                _before_cursor(
-                    RetryPlan.generated_at, RetryPlan.retry_plan_id, micros, row_id
-                )
-            )
-        rows = list(
-            query.order_by(
-                RetryPlan.generated_at.desc(), RetryPlan.retry_plan_id.desc()
-            ).limit(limit + 1)
+        rows, next_cursor = newest_first(
+            RetryPlan.select(),
+            RetryPlan.generated_at,
+            RetryPlan.retry_plan_id,
+            limit=limit,
+            cursor=cursor,
         )
-        items = [_plan_summary(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(
-                to_micros(last.generated_at), last.retry_plan_id
-            )
+        items = [_plan_summary(row) for row in rows]
         page = {"items": items, "next_cursor": next_cursor}
         validation.check_output("retry_plan_page", page)
         return page
@@ -1435,21 +1423,10 @@ class Engine:
             query = query.where(WorkerRun.started_at >= since)
         if until is not None:
             query = query.where(WorkerRun.started_at < until)
-        if cursor:
-            micros, row_id = decode_cursor(cursor)
-            query = query.where(
-                _before_cursor(WorkerRun.started_at, WorkerRun.run_id, micros, row_id)
-            )
-        rows = list(
-            query.order_by(WorkerRun.started_at.desc(), WorkerRun.run_id.desc()).limit(
-                limit + 1
-            )
+        rows, next_cursor = newest_first(
+            query, WorkerRun.started_at, WorkerRun.run_id, limit=limit, cursor=cursor
         )
-        items = [_run_document(row, check=False) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(to_micros(last.started_at), last.run_id)
+        items = [_run_document(row, check=False) for row in rows]
         page = {"items": items, "next_cursor": next_cursor}
         validation.check_output("worker_run_page", page)
         return page
