@@ -453,11 +453,20 @@ def _approvable(row: RetryDecision) -> bool:
     return (row.action, None) in APPROVABLE or (row.action, row.reason) in APPROVABLE
 
 
-def skip_reason(word: Word, lineage: Lineage, plan_hash: str, now: datetime) -> str:
+def skip_reason(
+    word: Word,
+    lineage: Lineage,
+    plan_hash: str,
+    now: datetime,
+    *,
+    claimed_by: str | None = None,
+) -> str:
     """
     Why the latest word does not let the worker send the lineage, or ``""``.
 
     Checked in this order: revocation, denial, expiry, use, freshness, plan hash.
+    An item used by the execution ``claimed_by`` (the one about to send) is
+    not counted as used.
     """
     approval, item = word
     if approval.revoked_at is not None:
@@ -466,7 +475,7 @@ def skip_reason(word: Word, lineage: Lineage, plan_hash: str, now: datetime) -> 
         return "denied"
     if approval.expires_at <= now:
         return "approval_expired"
-    if item.used_at is not None:
+    if item.used_at is not None and item.execution_id != claimed_by:
         return "approval_used"
     if lineage.version != item.lineage_version or lineage.state != "failed":
         return "approval_stale"

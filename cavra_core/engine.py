@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -84,6 +84,9 @@ from cavra_core.types import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The most retries one live run of a scheduled service may queue.
+MAX_SERVICE_DELIVERIES = 10_000
 
 BATCH_SIZE = 1000
 #: How far in the future an imported attempt may end, for clocks that differ.
@@ -239,6 +242,8 @@ class Engine:
             four_eyes = allowed.strip().lower() not in ("1", "true", "yes")
         self.approvals = Approvals(self, four_eyes=four_eyes)
         self.executions = executions.Executions(self)
+        #: How live runs of this engine claim queued retries.
+        self.leases = executions.Leases()
         self.recovery = Recovery(self)
         self.evidence = evidence.EvidenceLog(self)
         self.lineages = Lineages(self)
@@ -572,6 +577,34 @@ class Engine:
         ``now`` is when the attempt starts (default: the clock); its finish is
         that plus the time the connector took.
         """
+        attempt = self.send_attempt(
+            lineage_id, attempt_number, package=package, now=now
+        )
+        recorded = self._record_sent_attempt(attempt, source, worker_run_id)
+        log.info(
+            "delivery attempt recorded lineage_id=%s attempt=%d outcome=%s status=%s",
+            lineage_id,
+            attempt_number,
+            attempt["outcome"],
+            attempt["http_status"],
+        )
+        return recorded
+
+    def send_attempt(
+        self,
+        lineage_id: str,
+        attempt_number: int,
+        *,
+        package: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """
+        Send one attempt of a lineage through its connector; record nothing.
+
+        Returns the attempt as :meth:`_record_attempt` takes it. The event id
+        is the lineage's, the same for every attempt, so a receiver can tell
+        a repeated delivery from a new one.
+        """
         row = Lineage.get_by_id(lineage_id)
         connector = self.connectors.get(row.connector_id)
         connector_type = self.connectors.type_of(row.connector_id)
@@ -601,7 +634,7 @@ class Engine:
         elapsed = time.perf_counter() - started
         finished_at = started_at + timedelta(seconds=elapsed)
 
-        attempt = {
+        return {
             "package_id": row.package_id,
             "connector_id": row.connector_id,
             "outcome": result.outcome,
@@ -612,15 +645,6 @@ class Engine:
             "finished_at": finished_at,
             "attempt_number": attempt_number,
         }
-        recorded = self._record_sent_attempt(attempt, source, worker_run_id)
-        log.info(
-            "delivery attempt recorded lineage_id=%s attempt=%d outcome=%s status=%s",
-            lineage_id,
-            attempt_number,
-            result.outcome,
-            result.http_status,
-        )
-        return recorded
 
     def _record_sent_attempt(
         self, attempt: Mapping[str, Any], source: str, worker_run_id: str | None
@@ -1158,6 +1182,9 @@ class Engine:
         actor: Actor | None = None,
         now: datetime | None = None,
         window: tuple[datetime, datetime] | None = None,
+        leases: executions.Leases | None = None,
+        max_deliveries: int | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """
         Run the retry worker once (``POST .../worker-run``).
@@ -1175,6 +1202,15 @@ class Engine:
                 windows are not ``interval_minutes`` aligned on the epoch
                 (seconds, cron expressions); by default the aligned window
                 holding ``now``.
+            leases: how this worker claims the live run's queued retries
+                (worker id, lease length, batch size); see
+                :class:`cavra_core.executions.Leases`.
+            max_deliveries: the most retries a live run queues, in place of
+                the request's ``max_retry_deliveries`` (which the API caps at
+                100); for a scheduled service, 1 to 10,000.
+            stop: asked between deliveries; when true, a live run sends and
+                records what is in hand, leaves the rest queued for other
+                workers and finishes its record.
 
         Raises:
             Conflict: the schedule is disabled, or this window has its live
@@ -1189,6 +1225,12 @@ class Engine:
         dry_run = request.get("dry_run", not request.get("execute", False))
         trigger = request.get("trigger", "manual")
         limit = request.get("max_retry_deliveries", 5)
+        if max_deliveries is not None:
+            if not 1 <= max_deliveries <= MAX_SERVICE_DELIVERIES:
+                raise ValueError(
+                    f"max_deliveries must be between 1 and {MAX_SERVICE_DELIVERIES}"
+                )
+            limit = max_deliveries
         schedule = dict(request.get("schedule") or {})
         interval = schedule.get("interval_minutes", 60)
         enabled = schedule.get("enabled", True)
@@ -1223,7 +1265,13 @@ class Engine:
             "skipped_count": 0,
             "notes": [],
             "selected_retries": [],
+            "state": "finished" if dry_run else "running",
         }
+        if not dry_run:
+            record["notes"] = [
+                "Live run under way, or its worker stopped before finishing; "
+                "its executions show what was sent."
+            ]
         # Live and scheduled runs are recorded up front: the window's unique
         # keys decide, in the database, which worker runs it.
         claimed = not dry_run or trigger == "schedule"
@@ -1295,7 +1343,16 @@ class Engine:
             def moment() -> datetime:
                 return started_at + timedelta(seconds=time.perf_counter() - started)
 
-            live = self.executions.run_live(run_id, due, limit, who, started_at, moment)
+            live = self.executions.run_live(
+                run_id,
+                due,
+                limit,
+                who,
+                started_at,
+                moment,
+                leases=leases or self.leases,
+                stop=stop,
+            )
             selected = live.selected
             executed = live.executed
             skipped = len(due) + unapproved - executed
@@ -1316,6 +1373,11 @@ class Engine:
                     f"{live.left_for_later} approved retries were left for later "
                     f"runs by max_retry_deliveries={limit}."
                 )
+            if live.still_queued:
+                notes.append(
+                    f"The run was stopped with {live.still_queued} approved "
+                    "retries still queued; any live worker sends them."
+                )
 
         elapsed = time.perf_counter() - started
         record.update(
@@ -1328,6 +1390,7 @@ class Engine:
             skipped_count=skipped,
             notes=notes,
             selected_retries=selected,
+            state="finished",
         )
         document = _run_document_from(record)
         validation.check_output("worker_run", document)
@@ -1399,6 +1462,23 @@ class Engine:
                     ],
                 ) from None
             raise
+
+    def window_run_id(self, window: tuple[datetime, datetime]) -> str | None:
+        """The scheduled run that claimed ``window``, if one did."""
+        row = WorkerRun.get_or_none(
+            WorkerRun.schedule_window_key == schedule_window_key(*window)
+        )
+        return None if row is None else row.run_id
+
+    def run_state(self, run_id: str) -> str | None:
+        """``running`` while a live run's queued retries are sent, else ``finished``."""
+        row = (
+            WorkerRun.select(WorkerRun.state)
+            .where(WorkerRun.run_id == run_id)
+            .tuples()
+            .first()
+        )
+        return None if row is None else row[0]
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         row = WorkerRun.get_or_none(WorkerRun.run_id == run_id)

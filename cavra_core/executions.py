@@ -3,16 +3,34 @@ Live re-delivery of approved decisions, and the execution records it leaves.
 
 A live worker run hands this module the retries that are due now. Each one
 is sent only when the latest word on its lineage is a usable approval (see
-:mod:`cavra_core.approvals`). For each approved lineage the worker
+:mod:`cavra_core.approvals`). The work goes through a queue in the database,
+so that several workers can share it and a worker that dies loses nothing:
 
-1. claims the attempt: one transaction inserts an :class:`Execution` whose
-   ``claim_key`` (lineage and attempt number) is unique in the database and
-   marks the approval's decision used, so no second delivery of that attempt
-   can ever be recorded, however many workers run;
-2. delivers it through the connector, with the lineage's stable event id;
-3. records the outcome on the execution, the attempt on the lineage
+1. **queue**: the run inserts one ``queued`` :class:`Execution` per approved
+   retry, whose ``claim_key`` (lineage and attempt number) is unique in the
+   database, and marks the approval's item used by it, in one transaction.
+   No second execution of that attempt can ever be recorded, however many
+   workers run.
+2. **claim**: any worker takes a batch of queued executions
+   (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so workers never
+   wait for one another's rows) under a lease: its worker id and an expiry.
+   The latest word on each lineage is checked again in that transaction.
+   While the deliveries are in hand a heartbeat extends the lease. A lease
+   that expired (its worker died or lost the database) is rescued by the
+   next worker that claims: the execution is claimed again and sent again.
+3. **send**: just before each delivery the approval is read once more, so a
+   revocation or denial stops every retry not yet on the wire. The
+   delivery carries the lineage's stable event id.
+4. **record**: the outcomes of a batch, the attempts on their lineages
    (delivered: recovered; failed: one more attempt; the last allowed one
-   failed: exhausted) and an evidence entry.
+   failed: exhausted) and their evidence entries are written in the one
+   transaction that releases the claims, and only while this worker still
+   holds them.
+
+A worker killed between a send and its record has its lease rescued; the
+rescuer sends again with the same event id. So the receiver gets every
+retry, and a receiver that keeps event ids sees each once; at most the
+batch a dead worker had in hand can reach a receiver twice.
 
 Approvals that do not hold (denied, revoked, expired, used, stale) give a
 ``skipped`` execution with the reason, so the run shows why it sent nothing.
@@ -20,9 +38,14 @@ Approvals that do not hold (denied, revoked, expired, used, stale) give a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -53,6 +76,44 @@ EXECUTION_COUNTERS = (
     "executions:failed",
     "executions:skipped",
 )
+#: Counter family of rescued leases, by connector.
+LEASE_RESCUES = "lease_rescues:"
+#: Outcomes of executions still to be sent.
+PENDING = ("queued", "claimed")
+#: How long a worker waiting for others' claims sleeps between looks.
+POLL_SECONDS = 0.2
+#: Queue writes go in chunks of this many executions.
+_CHUNK = 200
+
+
+def default_worker_id() -> str:
+    """``host:pid``: which process holds a lease, readable in the executions."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Leases:
+    """
+    How a worker claims queued retries.
+
+    Attributes:
+        worker_id: names this worker in leases and executions.
+        lease_seconds: how long a claim holds without a heartbeat; a worker
+            that dies loses its claims to the others after this long.
+        batch_size: executions claimed in one transaction.
+    """
+
+    worker_id: str = field(default_factory=default_worker_id)
+    lease_seconds: float = 30.0
+    batch_size: int = 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.worker_id) <= 100:
+            raise ValueError("worker_id must be 1 to 100 characters")
+        if not 1 <= self.lease_seconds <= 3600:
+            raise ValueError("lease_seconds must be between 1 and 3600")
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("batch_size must be between 1 and 1000")
 
 
 class LiveResult(NamedTuple):
@@ -65,10 +126,23 @@ class LiveResult(NamedTuple):
     not_approved: int
     skipped_by_reason: dict[str, int]
     left_for_later: int
+    #: Queued retries of this run still unsent when it was asked to stop.
+    still_queued: int = 0
+
+
+class _Claim(NamedTuple):
+    """An execution this worker holds, with what it needs to send it."""
+
+    row: Execution
+    word: Word
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else format_time_precise(value)
+
+
+def _is_postgres(database: peewee.Database) -> bool:
+    return isinstance(database, peewee.PostgresqlDatabase)
 
 
 class Executions:
@@ -87,15 +161,20 @@ class Executions:
         actor: Actor,
         now: datetime,
         clock: Callable[[], datetime],
+        *,
+        leases: Leases | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> LiveResult:
         """
         Send the approved ones of ``due`` (oldest first), at most ``limit``.
 
         ``due`` are this run's fresh decisions that may go now; ``clock``
-        gives the moment each delivery starts. Runs outside
-        any transaction: each claim and each outcome commits on its own, so a
-        crash between them leaves a ``claimed`` execution, never a second send.
+        gives the moment each delivery starts. The approved ones are queued
+        and then sent by this worker and by any other that helps (see
+        :meth:`work`); the call returns once none of this run's executions
+        is queued or claimed, or when ``stop`` says so.
         """
+        leases = leases or Leases()
         words = self.engine.approvals.latest_words(d.lineage_id for d in due)
         lineages = _lineages(d.lineage_id for d in due if d.lineage_id in words)
         plan_hashes = _plan_hashes(w.approval.retry_plan_id for w in words.values())
@@ -114,7 +193,8 @@ class Executions:
                 word, lineage, plan_hashes.get(word.approval.retry_plan_id, ""), now
             )
             if reason == "approval_used":
-                # The approval served its attempt; the next one needs a new word.
+                # The approval served its attempt (or it is queued); the next
+                # attempt needs a new word.
                 not_approved += 1
                 continue
             if reason:
@@ -127,22 +207,34 @@ class Executions:
                 continue
             approved.append((decision, word))
 
-        executed = 0
         approved.sort(key=lambda pair: (pair[0].not_before, pair[0].lineage_id))
-        for decision, word in approved[:limit]:
-            execution = self._execute(run_id, decision, word, actor, clock())
-            selected.append(_selected(decision, execution))
-            executed += execution["outcome"] in ("delivered", "failed")
-            if execution["outcome"] == "skipped":
-                reason = execution["skipped_reason"]
+        taken = approved[:limit]
+        by_execution = self._queue(run_id, taken, now)
+        if len(by_execution) < len(taken):
+            # Another run queued or sent these attempts first.
+            skipped_by_reason["already_claimed"] = len(taken) - len(by_execution)
+        self.work(leases, actor, clock, run_id=run_id, stop=stop)
+
+        executed = 0
+        still_queued = 0
+        for row in Execution.select().where(
+            Execution.execution_id.in_(list(by_execution))
+        ):
+            document = execution_document(row)
+            selected.append(_selected(by_execution[row.execution_id], document))
+            executed += row.outcome in ("delivered", "failed")
+            still_queued += row.outcome in PENDING
+            if row.outcome == "skipped":
+                reason = row.skipped_reason
                 skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + 1
         return LiveResult(
             selected=selected,
-            selected_count=min(limit, len(approved)),
+            selected_count=len(taken),
             executed=executed,
             not_approved=not_approved,
             skipped_by_reason=skipped_by_reason,
             left_for_later=max(0, len(approved) - limit),
+            still_queued=still_queued,
         )
 
     def preview(self, due: Sequence[Decision], now: datetime) -> dict[str, str]:
@@ -157,6 +249,453 @@ class Executions:
             if lineage is not None and not skip_reason(word, lineage, plan_hash, now):
                 found[lineage_id] = word.approval.approval_id
         return found
+
+    def _queue(
+        self, run_id: str, approved: Sequence[tuple[Decision, Word]], now: datetime
+    ) -> dict[str, Decision]:
+        """
+        Queue ``approved`` as executions of the run; the queued ones by id.
+
+        Each approval item is marked used by its execution in the same
+        transaction (a compare-and-set: an item another run used is left
+        out), and the execution's unique claim key leaves out an attempt
+        already queued or made.
+        """
+        database = self.engine.database
+        queued: dict[str, Decision] = {}
+        for start in range(0, len(approved), _CHUNK):
+            chunk = approved[start : start + _CHUNK]
+            with database.atomic():
+                keys = {f"{d.lineage_id}:{d.retry_count + 1}": (d, w) for d, w in chunk}
+                taken = set(
+                    Execution.select(Execution.claim_key)
+                    .where(Execution.claim_key.in_(list(keys)))
+                    .tuples()
+                )
+                free = [pair for key, pair in keys.items() if (key,) not in taken]
+                items = ApprovalItem.select(ApprovalItem.id).where(
+                    ApprovalItem.id.in_([w.item.id for _, w in free])
+                    & ApprovalItem.used_at.is_null()
+                )
+                if _is_postgres(database):
+                    items = items.for_update()
+                unused = {item_id for (item_id,) in items.tuples()}
+                rows = []
+                for decision, word in free:
+                    if word.item.id not in unused:
+                        continue
+                    execution_id = self.engine.new_id("ex")
+                    ApprovalItem.update(used_at=now, execution_id=execution_id).where(
+                        ApprovalItem.id == word.item.id
+                    ).execute()
+                    rows.append(
+                        {
+                            "execution_id": execution_id,
+                            "run_id": run_id,
+                            "decision_id": word.item.decision_id,
+                            "approval_id": word.approval.approval_id,
+                            "lineage_id": decision.lineage_id,
+                            "package_id": decision.package_id,
+                            "connector_id": decision.connector_id,
+                            "attempt_number": decision.retry_count + 1,
+                            "claim_key": (
+                                f"{decision.lineage_id}:{decision.retry_count + 1}"
+                            ),
+                            "outcome": "queued",
+                            "started_at": now,
+                            "due_at": decision.not_before,
+                        }
+                    )
+                    queued[execution_id] = decision
+                for approval_id, count in _count_by(
+                    row["approval_id"] for row in rows
+                ).items():
+                    Approval.update(used_count=Approval.used_count + count).where(
+                        Approval.approval_id == approval_id
+                    ).execute()
+                if rows:
+                    Execution.insert_many(rows).execute()
+        return queued
+
+    # -- claiming and sending -----------------------------------------------------
+
+    def work(
+        self,
+        leases: Leases,
+        actor: Actor,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        run_id: str | None = None,
+        until: Callable[[], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """
+        Claim and send queued retries until none is left to claim; the number sent.
+
+        Any run's queued executions are claimed, and any claim whose lease
+        expired is rescued. With ``run_id``, the call goes on until none of
+        that run's executions is queued or claimed (waiting for other
+        workers' claims, rescuing them if their leases run out). With
+        ``until``, it goes on, polling, until ``until()`` is true. ``stop``
+        ends it early: what is in hand is sent and recorded first, the rest
+        of the batch is put back in the queue.
+        """
+        clock = clock or self.engine.now
+        stop = stop or (lambda: False)
+        database = self.engine.database
+        sent = 0
+        failures = 0
+        with _Heartbeat(database, leases, clock):
+            while not stop():
+                try:
+                    claims = self._claim_batch(leases, actor, clock())
+                    if claims:
+                        sent += self._send_batch(claims, leases, actor, clock, stop)
+                        failures = 0
+                        continue
+                    more = run_id is not None and self._pending(run_id)
+                    if until is not None:
+                        more = more or not until()
+                except (peewee.OperationalError, peewee.InterfaceError) as error:
+                    # A busy store or a lost connection: claims in hand keep
+                    # their leases and are sent or rescued; start afresh.
+                    failures += 1
+                    log.warning(
+                        "claiming retries failed worker_id=%s error=%s tries=%d",
+                        leases.worker_id,
+                        type(error).__name__,
+                        failures,
+                    )
+                    reconnect(database)
+                    time.sleep(min(5.0, POLL_SECONDS * 2**failures))
+                    continue
+                if not more:
+                    break
+                time.sleep(POLL_SECONDS)
+        return sent
+
+    def _pending(self, run_id: str) -> bool:
+        return (
+            Execution.select()
+            .where((Execution.run_id == run_id) & Execution.outcome.in_(PENDING))
+            .exists()
+        )
+
+    def _claim_batch(self, leases: Leases, actor: Actor, now: datetime) -> list[_Claim]:
+        """
+        Lease a batch of queued (or expired) executions to this worker.
+
+        The latest word on each is checked in the same transaction; those
+        whose approval no longer holds are finished as ``skipped`` there.
+        """
+        database = self.engine.database
+        with database.atomic():
+            query = (
+                Execution.select()
+                .where(
+                    (Execution.outcome == "queued")
+                    | (
+                        (Execution.outcome == "claimed")
+                        & (Execution.lease_expires_at < now)
+                    )
+                )
+                .order_by(Execution.due_at, Execution.execution_id)
+                .limit(leases.batch_size)
+            )
+            if _is_postgres(database):
+                query = query.for_update(skip_locked=True)
+            rows = list(query)
+            if not rows:
+                return []
+            rescued = [row for row in rows if row.outcome == "claimed"]
+            expires = now + timedelta(seconds=leases.lease_seconds)
+            Execution.update(
+                outcome="claimed",
+                worker_id=leases.worker_id,
+                lease_owner=leases.worker_id,
+                lease_expires_at=expires,
+            ).where(
+                Execution.execution_id.in_([r.execution_id for r in rows])
+            ).execute()
+            if rescued:
+                Execution.update(rescue_count=Execution.rescue_count + 1).where(
+                    Execution.execution_id.in_([r.execution_id for r in rescued])
+                ).execute()
+                store.bump_counters(
+                    {
+                        f"{LEASE_RESCUES}{connector_id}": count
+                        for connector_id, count in _count_by(
+                            r.connector_id for r in rescued
+                        ).items()
+                    }
+                )
+                for row in rescued:
+                    log.warning(
+                        "lease rescued execution_id=%s lineage_id=%s from=%s "
+                        "worker_id=%s",
+                        row.execution_id,
+                        row.lineage_id,
+                        row.lease_owner,
+                        leases.worker_id,
+                    )
+            claims = []
+            checked = zip(rows, self._words_of(rows, now), strict=True)
+            for row, (word, reason) in checked:
+                row.lease_owner = leases.worker_id
+                if reason:
+                    self._finish_skipped(row, reason, actor, now)
+                else:
+                    claims.append(_Claim(row, word))
+            return claims
+
+    def _words_of(
+        self, rows: Sequence[Execution], now: datetime
+    ) -> list[tuple[Word | None, str]]:
+        """
+        For each execution, its approval's word and why it no longer holds.
+
+        The approval rows are locked for share on PostgreSQL, so a
+        revocation waits for the claim or the claim sees the revocation.
+        """
+        database = self.engine.database
+        approval_ids = list({row.approval_id for row in rows})
+        approvals = Approval.select().where(Approval.approval_id.in_(approval_ids))
+        if _is_postgres(database):
+            approvals = approvals.for_update("FOR SHARE")
+        approval_of = {approval.approval_id: approval for approval in approvals}
+        items = {
+            (item.approval_id, item.lineage_id): item
+            for item in ApprovalItem.select().where(
+                ApprovalItem.approval_id.in_(approval_ids)
+                & ApprovalItem.lineage_id.in_([row.lineage_id for row in rows])
+            )
+        }
+        latest = self.engine.approvals.latest_words(row.lineage_id for row in rows)
+        lineages = _lineages(row.lineage_id for row in rows)
+        plan_hashes = _plan_hashes(a.retry_plan_id for a in approval_of.values())
+        found: list[tuple[Word | None, str]] = []
+        for row in rows:
+            approval = approval_of.get(row.approval_id)
+            item = items.get((row.approval_id, row.lineage_id))
+            lineage = lineages.get(row.lineage_id)
+            if approval is None or item is None or lineage is None:
+                found.append((None, "approval_stale"))
+                continue
+            word = Word(approval, item)
+            newest = latest.get(row.lineage_id)
+            if (
+                newest is not None
+                and newest.approval.approval_id != row.approval_id
+                and newest.approval.verdict != "approve"
+            ):
+                found.append((word, "denied"))
+                continue
+            if lineage.attempt_count + 1 != row.attempt_number:
+                found.append((word, "approval_stale"))
+                continue
+            reason = skip_reason(
+                word,
+                lineage,
+                plan_hashes.get(approval.retry_plan_id, ""),
+                now,
+                claimed_by=row.execution_id,
+            )
+            found.append((word, reason))
+        return found
+
+    def _send_batch(
+        self,
+        claims: Sequence[_Claim],
+        leases: Leases,
+        actor: Actor,
+        clock: Callable[[], datetime],
+        stop: Callable[[], bool],
+    ) -> int:
+        """Send the claims one after the other, then record them all at once."""
+        done: list[tuple[_Claim, dict[str, Any] | None, str]] = []
+        unsent: list[_Claim] = []
+        for claim in claims:
+            if stop():
+                unsent.append(claim)
+                continue
+            started_at = clock()
+            reason = self._still_holds(claim, started_at)
+            if reason:
+                done.append((claim, None, reason))
+                continue
+            attempt = self.engine.send_attempt(
+                claim.row.lineage_id, claim.row.attempt_number, now=started_at
+            )
+            done.append((claim, attempt, ""))
+        self._record(done, leases, actor)
+        if unsent:
+            self._release(unsent, leases)
+        return sum(1 for _, attempt, _ in done if attempt is not None)
+
+    def _still_holds(self, claim: _Claim, now: datetime) -> str:
+        """
+        Read the lineage's latest word once more just before sending.
+
+        A revocation, a denial or an expiry that came after the claim stops
+        the retry here; ``""`` when it may go.
+        """
+        newest = self.engine.approvals.latest_words([claim.row.lineage_id]).get(
+            claim.row.lineage_id
+        )
+        if newest is None:
+            return "approval_stale"
+        if newest.approval.approval_id != claim.row.approval_id:
+            if newest.approval.verdict != "approve":
+                return "denied"
+            approval = Approval.get_or_none(
+                Approval.approval_id == claim.row.approval_id
+            )
+        else:
+            approval = newest.approval
+        if approval is None:
+            return "approval_stale"
+        if approval.revoked_at is not None:
+            return "approval_revoked"
+        if approval.expires_at <= now:
+            return "approval_expired"
+        return ""
+
+    def _record(
+        self,
+        done: Sequence[tuple[_Claim, dict[str, Any] | None, str]],
+        leases: Leases,
+        actor: Actor,
+    ) -> None:
+        """
+        Write the batch's outcomes and release its claims, in one transaction.
+
+        Only the claims this worker still holds are written: one whose lease
+        ran out and was rescued belongs to its rescuer. A sent attempt must
+        not be lost, so a busy store or a lost connection gets the write
+        tried again (reconnecting) for as long as the leases would last.
+        """
+        if not done:
+            return
+        database = self.engine.database
+        deadline = time.monotonic() + max(10.0, leases.lease_seconds)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with database.atomic():
+                    self._write_outcomes(done, leases, actor)
+                return
+            except (peewee.OperationalError, peewee.InterfaceError) as error:
+                if time.monotonic() >= deadline:
+                    log.error(
+                        "outcomes not recorded worker_id=%s executions=%s error=%s",
+                        leases.worker_id,
+                        ",".join(claim.row.execution_id for claim, _, _ in done),
+                        type(error).__name__,
+                    )
+                    raise
+                log.warning(
+                    "recording outcomes failed worker_id=%s error=%s tries=%d",
+                    leases.worker_id,
+                    type(error).__name__,
+                    tries,
+                )
+                reconnect(database)
+                time.sleep(min(2.0, 0.1 * 2**tries))
+
+    def _write_outcomes(
+        self,
+        done: Sequence[tuple[_Claim, dict[str, Any] | None, str]],
+        leases: Leases,
+        actor: Actor,
+    ) -> None:
+        database = self.engine.database
+        ids = [claim.row.execution_id for claim, _, _ in done]
+        held = Execution.select(Execution.execution_id).where(
+            Execution.execution_id.in_(ids)
+            & (Execution.lease_owner == leases.worker_id)
+            & (Execution.outcome == "claimed")
+        )
+        if _is_postgres(database):
+            held = held.for_update()
+        still_mine = {execution_id for (execution_id,) in held.tuples()}
+        for claim, attempt, reason in done:
+            row = claim.row
+            if row.execution_id not in still_mine:
+                log.warning(
+                    "lease lost before recording execution_id=%s lineage_id=%s "
+                    "worker_id=%s",
+                    row.execution_id,
+                    row.lineage_id,
+                    leases.worker_id,
+                )
+                continue
+            if attempt is None:
+                self._finish_skipped(row, reason, actor, self.engine.now())
+                continue
+            try:
+                with database.atomic():
+                    recorded: dict[str, Any] | None = self.engine._record_attempt(
+                        attempt, "worker", row.run_id, pointer=""
+                    )
+            except CavraError:
+                # Sent, but the lineage moved on before the attempt was recorded.
+                recorded = None
+            started_at: datetime = attempt["started_at"]
+            finished_at: datetime = attempt["finished_at"]
+            outcome = recorded["outcome"] if recorded else "failed"
+            Execution.update(
+                outcome=outcome,
+                error_class=recorded["error_class"] if recorded else "not_recorded",
+                http_status=recorded["http_status"] if recorded else None,
+                attempt_id=recorded["attempt_id"] if recorded else None,
+                started_at=started_at,
+                finished_at=finished_at,
+                duration_ms=max(
+                    0, int((finished_at - started_at).total_seconds() * 1000)
+                ),
+                lease_owner=None,
+                lease_expires_at=None,
+            ).where(Execution.execution_id == row.execution_id).execute()
+            self._seal(row.execution_id, outcome, actor, finished_at)
+            if row.due_at is not None:
+                # An approved retry sent before its delay ran out (an
+                # immediate retry) counts as no lag at all.
+                lag = max(0.0, (started_at - row.due_at).total_seconds())
+                metrics.CLAIM_LAG_SECONDS.observe(lag, row.connector_id)
+            log.info(
+                "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
+                row.execution_id,
+                row.lineage_id,
+                row.attempt_number,
+                outcome,
+            )
+
+    def _finish_skipped(
+        self, row: Execution, reason: str, actor: Actor, now: datetime
+    ) -> None:
+        """End a claimed execution as skipped (caller's transaction)."""
+        Execution.update(
+            outcome="skipped",
+            skipped_reason=reason,
+            claim_key=None,
+            started_at=now,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        ).where(Execution.execution_id == row.execution_id).execute()
+        self._seal(row.execution_id, "skipped", actor, now)
+
+    def _release(self, claims: Sequence[_Claim], leases: Leases) -> None:
+        """Put unsent claims back in the queue for any worker."""
+        with self.engine.database.atomic():
+            Execution.update(
+                outcome="queued", lease_owner=None, lease_expires_at=None
+            ).where(
+                Execution.execution_id.in_([c.row.execution_id for c in claims])
+                & (Execution.lease_owner == leases.worker_id)
+                & (Execution.outcome == "claimed")
+            ).execute()
 
     def _record_skip(
         self,
@@ -186,135 +725,6 @@ class Executions:
             ).execute()
             self._seal(execution_id, "skipped", actor, now)
         return self.get(execution_id)
-
-    def _execute(
-        self,
-        run_id: str,
-        decision: Decision,
-        word: Word,
-        actor: Actor,
-        started_at: datetime,
-    ) -> dict[str, Any]:
-        """Claim, deliver and record one approved attempt."""
-        engine = self.engine
-        attempt_number = decision.retry_count + 1
-        execution_id = engine.new_id("ex")
-        reason, word = self._claim(execution_id, run_id, decision, word, started_at)
-        if reason:
-            # The word changed since the run began (revoked, denied, expired),
-            # or another worker or writer moved the lineage first.
-            return self._record_skip(run_id, decision, word, reason, actor, started_at)
-
-        started = time.perf_counter()
-        try:
-            attempt = engine.deliver_attempt(
-                decision.lineage_id,
-                attempt_number,
-                source="worker",
-                worker_run_id=run_id,
-                now=started_at,
-            )
-        except CavraError:
-            # Sent, but the lineage moved on before the attempt was recorded.
-            attempt = None
-        elapsed = time.perf_counter() - started
-        finished_at = started_at + timedelta(seconds=elapsed)
-        outcome = attempt["outcome"] if attempt else "failed"
-        with engine.database.atomic():
-            Execution.update(
-                outcome=outcome,
-                error_class=attempt["error_class"] if attempt else "not_recorded",
-                http_status=attempt["http_status"] if attempt else None,
-                attempt_id=attempt["attempt_id"] if attempt else None,
-                finished_at=finished_at,
-                duration_ms=int(elapsed * 1000),
-            ).where(Execution.execution_id == execution_id).execute()
-            self._seal(execution_id, outcome, actor, finished_at)
-        log.info(
-            "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
-            execution_id,
-            decision.lineage_id,
-            attempt_number,
-            outcome,
-        )
-        return self.get(execution_id)
-
-    def _claim(
-        self,
-        execution_id: str,
-        run_id: str,
-        decision: Decision,
-        word: Word,
-        now: datetime,
-    ) -> tuple[str, Word]:
-        """
-        Take the attempt for this run: ``("", word)``, or why it was not taken.
-
-        The latest word on the lineage is read again inside the claim's
-        transaction (a revocation or denial made while the run was under way
-        counts), with its approval row locked on PostgreSQL so a revocation
-        waits for the claim or the claim sees the revocation. The unique
-        ``claim_key`` makes a second claim of the same attempt fail in the
-        database; the approval item is marked used in the same transaction
-        with a compare-and-set, so it serves once.
-        """
-        attempt_number = decision.retry_count + 1
-        database = self.engine.database
-        try:
-            with database.atomic():
-                lineage_id = decision.lineage_id
-                word = self.engine.approvals.latest_words([lineage_id]).get(
-                    lineage_id, word
-                )
-                approval = Approval.select().where(
-                    Approval.approval_id == word.approval.approval_id
-                )
-                if isinstance(database, peewee.PostgresqlDatabase):
-                    approval = approval.for_update()
-                word = Word(approval.get(), word.item)
-                lineage = Lineage.get_or_none(Lineage.lineage_id == lineage_id)
-                if lineage is None or lineage.attempt_count + 1 != attempt_number:
-                    return "approval_stale", word
-                plan_hash = _plan_hashes([word.approval.retry_plan_id]).get(
-                    word.approval.retry_plan_id, ""
-                )
-                reason = skip_reason(word, lineage, plan_hash, now)
-                if reason:
-                    return reason, word
-                used = (
-                    ApprovalItem.update(used_at=now, execution_id=execution_id)
-                    .where(
-                        (ApprovalItem.id == word.item.id)
-                        & ApprovalItem.used_at.is_null()
-                    )
-                    .execute()
-                )
-                if not used:
-                    return "approval_used", word
-                Approval.update(used_count=Approval.used_count + 1).where(
-                    Approval.approval_id == word.approval.approval_id
-                ).execute()
-                Execution.insert(
-                    execution_id=execution_id,
-                    run_id=run_id,
-                    decision_id=word.item.decision_id,
-                    approval_id=word.approval.approval_id,
-                    lineage_id=lineage_id,
-                    package_id=decision.package_id,
-                    connector_id=decision.connector_id,
-                    attempt_number=attempt_number,
-                    claim_key=f"{lineage_id}:{attempt_number}",
-                    outcome="claimed",
-                    started_at=now,
-                ).execute()
-                if decision.not_before is not None:
-                    # An approved retry sent before its delay ran out (an
-                    # immediate retry) counts as no lag at all.
-                    lag = max(0.0, (now - decision.not_before).total_seconds())
-                    metrics.CLAIM_LAG_SECONDS.observe(lag, decision.connector_id)
-        except peewee.IntegrityError:
-            return "already_claimed", word
-        return "", word
 
     def _seal(
         self, execution_id: str, outcome: str, actor: Actor, at: datetime
@@ -381,6 +791,81 @@ class Executions:
         return {name.split(":", 1)[1]: value for name, value in found.items()}
 
 
+class _Heartbeat:
+    """
+    Extend the leases a worker holds while it works, from a thread of its own.
+
+    Every third of the lease, the expiry of every execution the worker has
+    claimed moves to a full lease from now, so a long delivery keeps its
+    claim and a dead worker's claims run out after one lease.
+    """
+
+    def __init__(
+        self,
+        database: peewee.Database,
+        leases: Leases,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.database = database
+        self.leases = leases
+        self.clock = clock
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self._beat, name=f"lease-heartbeat-{leases.worker_id}", daemon=True
+        )
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        every = self.leases.lease_seconds / 3
+        while not self.stopping.wait(every):
+            try:
+                with self.database.connection_context():
+                    extend_leases(self.leases, self.clock())
+            except (peewee.OperationalError, peewee.InterfaceError) as error:
+                # The next beat tries again; a lease that runs out meanwhile
+                # is rescued by another worker, never sent twice by this one
+                # unnoticed (the outcome is written only while it is held).
+                log.warning(
+                    "lease heartbeat failed worker_id=%s error=%s",
+                    self.leases.worker_id,
+                    type(error).__name__,
+                )
+
+
+def extend_leases(leases: Leases, now: datetime) -> int:
+    """Move the expiry of the worker's claims to a full lease from ``now``."""
+    return (
+        Execution.update(lease_expires_at=now + timedelta(seconds=leases.lease_seconds))
+        .where(
+            (Execution.lease_owner == leases.worker_id)
+            & (Execution.outcome == "claimed")
+        )
+        .execute()
+    )
+
+
+def reconnect(database: peewee.Database) -> None:
+    """Drop a connection that may be broken; open a new one if the server answers."""
+    with contextlib.suppress(peewee.PeeweeException):
+        database.close()  # it may be gone already
+    with contextlib.suppress(peewee.PeeweeException):
+        database.connect(reuse_if_open=True)  # still away: the caller tries later
+
+
+def _count_by(values: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def execution_document(row: Execution) -> dict[str, Any]:
     return {
         "execution_id": row.execution_id,
@@ -398,6 +883,8 @@ def execution_document(row: Execution) -> dict[str, Any]:
         "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at),
         "duration_ms": row.duration_ms,
+        "worker_id": row.worker_id,
+        "rescue_count": row.rescue_count or 0,
         "evidence": {
             "attempt_id": row.attempt_id,
             "evidence_sequence": row.evidence_sequence,

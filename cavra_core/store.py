@@ -269,6 +269,9 @@ class WorkerRun(BaseModel):
     #: Set on scheduled runs only (trigger ``schedule``): the window's bounds,
     #: unique across all workers, so one window gets one scheduled run.
     schedule_window_key = peewee.CharField(max_length=80, null=True, unique=True)
+    #: ``running`` while a live run's queued retries are being sent (workers
+    #: that find the window taken help until then), else ``finished``.
+    state = peewee.CharField(max_length=20, default="finished")
 
     class Meta:
         indexes = (
@@ -374,9 +377,13 @@ class Execution(BaseModel):
     """
     What a live run did with one approved decision.
 
-    ``claim_key`` is ``lineage_id:attempt_number`` while a delivery is claimed
-    or made, and unique: a second delivery of one attempt cannot be recorded.
-    Skipped executions have none.
+    ``claim_key`` is ``lineage_id:attempt_number`` from the moment the
+    attempt is queued, and unique: a second delivery of one attempt cannot be
+    recorded. Skipped executions have none.
+
+    A ``queued`` execution waits for any worker; a ``claimed`` one is held by
+    ``lease_owner`` until ``lease_expires_at``, after which any worker may
+    rescue it (``rescue_count`` counts how often that happened).
     """
 
     execution_id = peewee.CharField(max_length=40, primary_key=True)
@@ -388,7 +395,8 @@ class Execution(BaseModel):
     connector_id = peewee.CharField(max_length=100)
     attempt_number = peewee.IntegerField()
     claim_key = peewee.CharField(max_length=60, null=True, unique=True)
-    #: ``claimed`` (started, no outcome yet), ``delivered``, ``failed``, ``skipped``.
+    #: ``queued``, ``claimed`` (leased, no outcome yet), ``delivered``,
+    #: ``failed``, ``skipped``.
     outcome = peewee.CharField(max_length=20)
     skipped_reason = peewee.CharField(max_length=50, null=True)
     error_class = peewee.CharField(max_length=50, null=True)
@@ -398,9 +406,17 @@ class Execution(BaseModel):
     finished_at = TimestampField(null=True)
     duration_ms = peewee.IntegerField(default=0)
     evidence_sequence = peewee.BigIntegerField(null=True)
+    #: The worker that made the delivery (the last one to claim it).
+    worker_id = peewee.CharField(max_length=100, null=True)
+    lease_owner = peewee.CharField(max_length=100, null=True)
+    lease_expires_at = TimestampField(null=True)
+    #: When the retry became due (its decision's ``not_before``).
+    due_at = TimestampField(null=True)
+    rescue_count = peewee.IntegerField(default=0)
 
     class Meta:
         indexes = (
+            (("outcome", "lease_expires_at"), False),
             (("started_at", "execution_id"), False),
             (("run_id", "started_at"), False),
             (("lineage_id", "started_at"), False),

@@ -39,6 +39,8 @@ from cavra_core import (
     identity,
     validation,
 )
+from cavra_core.engine import MAX_SERVICE_DELIVERIES
+from cavra_core.executions import Leases, default_worker_id
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import (
     DEFAULT_DATABASE_URL,
@@ -298,7 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         dest="max_retry_deliveries",
-        help="most retries each run selects (1-100, default 5)",
+        help="most retries each window's run selects (1-10000, default 5)",
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a claimed retry stays this worker's without a heartbeat; "
+        "another worker rescues it after that (1-3600, default 30)",
+    )
+    serve.add_argument(
+        "--batch",
+        type=int,
+        default=20,
+        help="retries claimed in one transaction (1-1000, default 20)",
+    )
+    serve.add_argument(
+        "--worker-id",
+        default=None,
+        help="this worker's name in leases and executions (default host:pid)",
     )
     serve.add_argument(
         "--catch-up",
@@ -680,10 +701,24 @@ def command_worker_serve(arguments: argparse.Namespace) -> int:
         schedule = every(f"{arguments.interval_minutes}m")
     else:
         schedule = every(arguments.every or "60m")
+    if not 1 <= arguments.max_retry_deliveries <= MAX_SERVICE_DELIVERIES:
+        raise CavraError(f"--max must be between 1 and {MAX_SERVICE_DELIVERIES}")
+    if not 1 <= arguments.lease <= 3600:
+        raise CavraError("--lease must be between 1 and 3600 seconds")
+    if not 1 <= arguments.batch <= 1000:
+        raise CavraError("--batch must be between 1 and 1000")
+    if arguments.worker_id is not None and not 1 <= len(arguments.worker_id) <= 100:
+        raise CavraError("--worker-id must be 1 to 100 characters")
+    leases = Leases(
+        worker_id=arguments.worker_id or default_worker_id(),
+        lease_seconds=arguments.lease,
+        batch_size=arguments.batch,
+    )
     request: dict[str, Any] = {
         "generated_by": _actor(arguments),
         "dry_run": not arguments.execute,
-        "max_retry_deliveries": arguments.max_retry_deliveries,
+        # The API's own cap; the service's --max goes in max_deliveries.
+        "max_retry_deliveries": min(100, arguments.max_retry_deliveries),
     }
     policy = _policy(arguments.policy)
     if policy:
@@ -695,12 +730,23 @@ def command_worker_serve(arguments: argparse.Namespace) -> int:
         {**request, "trigger": "schedule", "schedule": {"cadence": schedule.cadence}},
     )
     with _engine(arguments) as engine:
-        service = WorkerService(engine, schedule, request, catch_up=arguments.catch_up)
+        service = WorkerService(
+            engine,
+            schedule,
+            request,
+            catch_up=arguments.catch_up,
+            leases=leases,
+            max_deliveries=arguments.max_retry_deliveries,
+        )
         log.info(
-            "worker service started cadence=%s dry_run=%s max=%d database=%s",
+            "worker service started cadence=%s dry_run=%s max=%d worker_id=%s "
+            "lease=%s batch=%d database=%s",
             schedule.cadence.replace(" ", "_"),
             request["dry_run"],
             arguments.max_retry_deliveries,
+            leases.worker_id,
+            leases.lease_seconds,
+            leases.batch_size,
             describe_url(engine.database_url),
         )
         service.serve(

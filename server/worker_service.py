@@ -15,8 +15,16 @@ are skipped: the service runs at the next window's start. With catch-up it
 first runs once at start, for the window in progress, unless that window has
 its run.
 
-SIGTERM and SIGINT stop the service: a run in progress finishes and is
-recorded, then :meth:`WorkerService.serve` returns.
+A live service (``--execute``) that finds its window taken joins the
+window's live run instead: it claims batches of the run's queued retries
+under leases, like the run's own worker, until the run is finished or the
+window is over (see :mod:`cavra_core.executions`). So N services on one
+PostgreSQL share each window's deliveries, and rescue the claims of one that
+died.
+
+SIGTERM and SIGINT stop the service: the deliveries in hand are sent and
+recorded, the rest of a claimed batch goes back to the queue, a run in
+progress records itself, then :meth:`WorkerService.serve` returns.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import peewee
 from croniter import croniter
 
 from cavra_core import CavraError, Conflict, Engine
+from cavra_core.executions import Leases
 from cavra_core.store import from_micros, to_micros
 
 log = logging.getLogger(__name__)
@@ -157,6 +166,9 @@ class WorkerService:
             the service adds the trigger and the schedule.
         catch_up: run once at start for the window in progress.
         clock: the current time (aware); tests pass their own.
+        leases: how live runs claim queued retries (worker id, lease, batch).
+        max_deliveries: the most retries each live run queues (1 to 10,000),
+            in place of the request's ``max_retry_deliveries``.
     """
 
     def __init__(
@@ -167,12 +179,17 @@ class WorkerService:
         *,
         catch_up: bool = False,
         clock: Callable[[], datetime] | None = None,
+        leases: Leases | None = None,
+        max_deliveries: int | None = None,
     ) -> None:
         self.engine = engine
         self.schedule = schedule
         self.request = dict(request)
         self.catch_up = catch_up
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.leases = leases or Leases()
+        self.max_deliveries = max_deliveries
+        self.live = not self.request.get("dry_run", True)
         self.stopping = threading.Event()
 
     def stop(self) -> None:
@@ -216,7 +233,13 @@ class WorkerService:
         }
         try:
             with self.engine.database.connection_context():
-                self.engine.run_worker(request, window=window)
+                self.engine.run_worker(
+                    request,
+                    window=window,
+                    leases=self.leases,
+                    max_deliveries=self.max_deliveries,
+                    stop=self.stopping.is_set,
+                )
         except (CavraError, peewee.PeeweeException) as error:
             taken = sorted(
                 {problem.reason for problem in getattr(error, "problems", [])}
@@ -228,6 +251,8 @@ class WorkerService:
                     _iso(window[0]),
                     taken[0],
                 )
+                if self.live:
+                    self.join_window(window)
                 return 0
             # The next window tries again: a database that is back by then,
             # a connector fixed meanwhile. Only the error's kind is logged;
@@ -239,6 +264,48 @@ class WorkerService:
             )
             return 0
         return 1
+
+    def join_window(self, window: tuple[datetime, datetime]) -> int:
+        """
+        Help send the queued retries of the live run that owns ``window``.
+
+        Claims batches until that run is finished or the window is over
+        (whichever comes first), rescuing expired claims on the way; the
+        number of retries this service sent.
+        """
+        engine = self.engine
+        actor = engine.actor_of(self.request, None)
+        try:
+            with engine.database.connection_context():
+                run_id = engine.window_run_id(window)
+
+                def finished() -> bool:
+                    return (
+                        self.clock() >= window[1]
+                        or run_id is None
+                        or engine.run_state(run_id) != "running"
+                    )
+
+                sent = engine.executions.work(
+                    self.leases,
+                    actor,
+                    until=finished,
+                    stop=self.stopping.is_set,
+                )
+        except (CavraError, peewee.PeeweeException) as error:
+            log.error(
+                "joining the window's run failed window_start=%s error=%s",
+                _iso(window[0]),
+                type(error).__name__,
+            )
+            return 0
+        log.info(
+            "joined window's run window_start=%s run_id=%s sent=%d",
+            _iso(window[0]),
+            run_id,
+            sent,
+        )
+        return sent
 
     def _wait_until(self, moment: datetime) -> bool:
         """Sleep until ``moment``; False when asked to stop first."""

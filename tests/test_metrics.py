@@ -98,6 +98,7 @@ def test_metrics_are_served_in_the_prometheus_text_format(engine) -> None:
         "cavra_worker_runs",
         "cavra_worker_run_duration_seconds",
         "cavra_claim_lag_seconds",
+        "cavra_lease_rescues",
         "cavra_paused_connectors",
     }
 

@@ -295,6 +295,8 @@ EXECUTION = {
     "started_at": WHEN,
     "finished_at": WHEN,
     "duration_ms": 31,
+    "worker_id": "worker-2.example.net:4711",
+    "rescue_count": 0,
     "evidence": {"attempt_id": "att_" + HEX, "evidence_sequence": 7},
 }
 SKIPPED_EXECUTION = {
@@ -886,6 +888,7 @@ BAD: dict[str, list[tuple[str, Any]]] = {
         ("unknown outcome", changed(EXECUTION, "outcome", "sent")),
         ("unknown skip", changed(EXECUTION, "skipped_reason", "bored")),
         ("body kept", changed(EXECUTION, "evidence/body", "x")),
+        ("negative rescue count", changed(EXECUTION, "rescue_count", -1)),
     ],
     "retry-plan-request.json": [
         ("blank actor", {"generated_by": ""}),

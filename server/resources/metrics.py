@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 
 from cavra_core import Engine, health, metrics, store
-from cavra_core.executions import EXECUTION_COUNTERS
+from cavra_core.executions import EXECUTION_COUNTERS, LEASE_RESCUES
 from cavra_server.resources.base import COMMON_PROBLEMS, Operation, Resource
 
 METRICS_PATH = "/metrics"
@@ -63,6 +63,7 @@ class StoreCollector:
             "attempt that sent it.",
             "connector",
         )
+        yield self._lease_rescues()
         yield self._paused_connectors()
 
     def _deliveries(self) -> Metric:
@@ -95,6 +96,18 @@ class StoreCollector:
         )
         for name, value in store.read_counters(*EXECUTION_COUNTERS).items():
             family.add_metric([name.split(":", 1)[1]], value)
+        return family
+
+    def _lease_rescues(self) -> Metric:
+        family = CounterMetricFamily(
+            "cavra_lease_rescues",
+            "Claimed retries taken over by another worker after their lease ran "
+            "out (the worker holding them died or lost the database), by "
+            "connector.",
+            labels=["connector"],
+        )
+        for (connector,), value in metrics.read_family(LEASE_RESCUES, 1):
+            family.add_metric([connector], value)
         return family
 
     def _worker_runs(self) -> Metric:

@@ -1,0 +1,323 @@
+"""Queued executions, leased claims, rescues and releases, on both stores."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from plugins_fixtures import (
+    T0,
+    Clock,
+    FakePlugin,
+    FakeType,
+    package,
+    plan_request,
+    record_failure,
+)
+
+from cavra_core import store
+from cavra_core.executions import LEASE_RESCUES, Leases, extend_leases
+from cavra_core.identity import Actor
+from cavra_core.store import DeliveryAttempt, Execution, WorkerRun
+
+PLANNER = Actor("rm-alice", True, "release_manager")
+APPROVER = Actor("po-bob", True, "platform_owner")
+DUE = T0 + timedelta(minutes=20)
+
+
+class Crash(BaseException):
+    """Stands for a worker process dying in the middle of a delivery."""
+
+
+class CrashingType(FakeType):
+    """Delivers, except that the first ``crashes`` deliveries kill the worker."""
+
+    def __init__(self, crashes: int = 0) -> None:
+        super().__init__("fake")
+        self.crashes = crashes
+        self.on_deliver = None
+
+    def deliver(self, connector, delivery):
+        result = super().deliver(connector, delivery)
+        if self.crashes:
+            self.crashes -= 1
+            raise Crash
+        if self.on_deliver is not None:
+            self.on_deliver(delivery)
+        return result
+
+
+@pytest.fixture
+def fake() -> CrashingType:
+    return CrashingType()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def engine(make_engine, fake, clock):
+    return make_engine(
+        {"hook-a": {"type": "fake"}},
+        plugins=[FakePlugin(fake)],
+        load_entry_points=False,
+        clock=clock,
+    )
+
+
+def approved_due(engine, count: int) -> list[str]:
+    """``count`` lineages failed at T0, planned, approved; their retries are due."""
+    lineages = [
+        record_failure(engine, T0, evidence=package(f"drill-{n}")) for n in range(count)
+    ]
+    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
+    engine.approvals.create(
+        plan["retry_plan_id"],
+        {"all_retry_decisions": True, "reason": "receiver is back"},
+        actor=APPROVER,
+        now=DUE,
+    )
+    return lineages
+
+
+def live_run(engine, now, worker_id, **options):
+    return engine.run_worker(
+        {"dry_run": False, "max_retry_deliveries": 100},
+        actor=APPROVER,
+        now=now,
+        leases=Leases(worker_id=worker_id, lease_seconds=30),
+        **options,
+    )
+
+
+def executions():
+    return list(Execution.select().order_by(Execution.lineage_id))
+
+
+def event_ids(fake) -> list[str]:
+    return [delivery.event_id for delivery in fake.deliveries]
+
+
+def test_a_live_run_queues_claims_and_releases_every_retry(engine, fake) -> None:
+    lineages = approved_due(engine, 3)
+
+    run = live_run(engine, DUE, "worker-a")
+
+    assert run["summary"]["executed_count"] == 3
+    rows = executions()
+    assert [row.outcome for row in rows] == ["delivered"] * 3
+    assert {row.worker_id for row in rows} == {"worker-a"}
+    assert all(row.lease_owner is None and row.lease_expires_at is None for row in rows)
+    assert all(row.rescue_count == 0 and row.due_at is not None for row in rows)
+    assert sorted(event_ids(fake)) == sorted(lineages)
+    assert WorkerRun.get_by_id(run["run_id"]).state == "finished"
+    documents = engine.executions.list(run_id=run["run_id"])["items"]
+    assert {d["worker_id"] for d in documents} == {"worker-a"}
+    assert {d["rescue_count"] for d in documents} == {0}
+
+
+def test_a_dead_workers_claims_are_rescued_after_their_lease(
+    engine, fake, clock
+) -> None:
+    lineages = approved_due(engine, 3)
+    fake.crashes = 1
+
+    with pytest.raises(Crash):
+        live_run(engine, DUE, "worker-a")
+
+    # The worker died holding the whole batch: nothing recorded, all claimed.
+    rows = executions()
+    assert [row.outcome for row in rows] == ["claimed"] * 3
+    assert {row.lease_owner for row in rows} == {"worker-a"}
+    assert (
+        DeliveryAttempt.select().where(DeliveryAttempt.source == "worker").count() == 0
+    )
+
+    # Within the lease nobody else takes them.
+    rescuer = Leases(worker_id="worker-b", lease_seconds=30)
+    assert (
+        engine.executions.work(rescuer, APPROVER, lambda: DUE + timedelta(seconds=10))
+        == 0
+    )
+    assert {row.lease_owner for row in executions()} == {"worker-a"}
+
+    # Once it has run out, any worker rescues them.
+    sent = engine.executions.work(
+        rescuer, APPROVER, lambda: DUE + timedelta(seconds=31)
+    )
+    assert sent == 3
+    rows = executions()
+    assert [row.outcome for row in rows] == ["delivered"] * 3
+    assert {row.worker_id for row in rows} == {"worker-b"}
+    assert [row.rescue_count for row in rows] == [1, 1, 1]
+    assert store.read_counters(f"{LEASE_RESCUES}hook-a") == {
+        f"{LEASE_RESCUES}hook-a": 3
+    }
+    # One attempt recorded per lineage; the one in flight when the worker died
+    # went out twice, with the same event id.
+    for lineage_id in lineages:
+        worker_attempts = DeliveryAttempt.select().where(
+            (DeliveryAttempt.lineage == lineage_id)
+            & (DeliveryAttempt.source == "worker")
+        )
+        assert worker_attempts.count() == 1
+    sent_ids = event_ids(fake)
+    assert sorted(set(sent_ids)) == sorted(lineages)
+    assert len(sent_ids) == 4
+    assert engine.evidence.verify()["intact"] is True
+
+
+def test_a_claim_rescued_from_a_worker_is_not_recorded_by_that_worker(
+    engine, fake
+) -> None:
+    (lineage_id,) = approved_due(engine, 1)
+    slow = Leases(worker_id="worker-slow", lease_seconds=30)
+    rescuer = Leases(worker_id="worker-b", lease_seconds=30)
+    engine.run_worker(
+        {"dry_run": False}, actor=APPROVER, now=DUE, leases=slow, stop=lambda: True
+    )
+    # The run was stopped before sending: its retry stays queued.
+    assert [row.outcome for row in executions()] == ["queued"]
+
+    claims = engine.executions._claim_batch(slow, APPROVER, DUE)
+    later = DUE + timedelta(seconds=31)
+    taken = engine.executions._claim_batch(rescuer, APPROVER, later)
+    assert len(claims) == len(taken) == 1
+
+    # The slow worker wakes up and sends; its lease is gone, so it records nothing.
+    engine.executions._send_batch(claims, slow, APPROVER, lambda: later, lambda: False)
+    row = executions()[0]
+    assert (row.outcome, row.lease_owner) == ("claimed", "worker-b")
+
+    engine.executions._send_batch(
+        taken, rescuer, APPROVER, lambda: later, lambda: False
+    )
+    row = executions()[0]
+    assert (row.outcome, row.worker_id, row.rescue_count) == (
+        "delivered",
+        "worker-b",
+        1,
+    )
+    assert (
+        DeliveryAttempt.select()
+        .where(
+            (DeliveryAttempt.lineage == lineage_id)
+            & (DeliveryAttempt.source == "worker")
+        )
+        .count()
+        == 1
+    )
+
+
+def test_a_stopped_run_puts_the_rest_of_its_batch_back_in_the_queue(
+    engine, fake
+) -> None:
+    approved_due(engine, 3)
+
+    run = live_run(engine, DUE, "worker-a", stop=lambda: len(fake.deliveries) >= 1)
+
+    assert run["summary"]["executed_count"] == 1
+    assert any("still queued" in note for note in run["notes"])
+    outcomes = sorted(row.outcome for row in executions())
+    assert outcomes == ["delivered", "queued", "queued"]
+    assert all(
+        row.lease_owner is None for row in executions() if row.outcome == "queued"
+    )
+
+    sent = engine.executions.work(Leases(worker_id="worker-b"), APPROVER, lambda: DUE)
+    assert sent == 2
+    assert sorted(row.outcome for row in executions()) == ["delivered"] * 3
+
+
+def test_a_revocation_after_the_claim_stops_the_send(engine, fake) -> None:
+    approved_due(engine, 2)
+    leases = Leases(worker_id="worker-a")
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    assert len(claims) == 2
+
+    approval_id = claims[0].row.approval_id
+    engine.approvals.revoke(
+        approval_id, {"reason": "receiver broke again"}, actor=APPROVER, now=DUE
+    )
+    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+
+    assert fake.deliveries == []
+    rows = executions()
+    assert {(row.outcome, row.skipped_reason) for row in rows} == {
+        ("skipped", "approval_revoked")
+    }
+    assert all(row.claim_key is None and row.lease_owner is None for row in rows)
+
+
+def test_claims_see_a_denial_given_after_queueing(engine, fake) -> None:
+    approved_due(engine, 1)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
+    engine.approvals.create(
+        plan["retry_plan_id"],
+        {"all_retry_decisions": True, "verdict": "deny", "reason": "hold it"},
+        actor=APPROVER,
+        now=DUE + timedelta(seconds=1),
+    )
+
+    assert (
+        engine.executions.work(
+            Leases(worker_id="worker-a"), APPROVER, lambda: DUE + timedelta(seconds=2)
+        )
+        == 0
+    )
+    (row,) = executions()
+    assert (row.outcome, row.skipped_reason) == ("skipped", "denied")
+
+
+def test_the_heartbeat_extends_the_leases_of_a_long_delivery(engine, fake) -> None:
+    approved_due(engine, 1)
+    leases = Leases(worker_id="worker-a", lease_seconds=1)
+    seen = []
+
+    def long_delivery(delivery) -> None:
+        # The delivery outlasts the lease; the heartbeat, every third of a
+        # second, keeps the claim a full lease ahead of the run's clock.
+        seen.append(Execution.get().lease_expires_at)
+        time.sleep(1.2)
+        seen.append(Execution.get().lease_expires_at)
+
+    fake.on_deliver = long_delivery
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, leases=leases)
+
+    at_claim, after = seen
+    assert after - at_claim >= timedelta(seconds=0.6)
+    assert Execution.get().outcome == "delivered"
+
+
+def test_extend_leases_touches_only_the_workers_own_claims(engine, fake) -> None:
+    approved_due(engine, 2)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    mine = Leases(worker_id="worker-a", batch_size=1)
+    theirs = Leases(worker_id="worker-b", batch_size=1)
+    engine.executions._claim_batch(mine, APPROVER, DUE)
+    engine.executions._claim_batch(theirs, APPROVER, DUE)
+
+    later = DUE + timedelta(minutes=5)
+    assert extend_leases(mine, later) == 1
+    expiry = {row.lease_owner: row.lease_expires_at for row in executions()}
+    assert expiry["worker-a"] == later + timedelta(seconds=mine.lease_seconds)
+    assert expiry["worker-b"] == DUE + timedelta(seconds=theirs.lease_seconds)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("worker_id", ""),
+        ("lease_seconds", 0.5),
+        ("batch_size", 0),
+        ("batch_size", 1001),
+    ],
+)
+def test_lease_settings_out_of_range_are_refused(field, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        Leases(**{field: value})
