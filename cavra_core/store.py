@@ -416,7 +416,7 @@ class Execution(BaseModel):
 
     class Meta:
         indexes = (
-            (("outcome", "lease_expires_at"), False),
+            (("outcome", "due_at"), False),
             (("started_at", "execution_id"), False),
             (("run_id", "started_at"), False),
             (("lineage_id", "started_at"), False),

@@ -23,7 +23,7 @@ def up(migrator, db):
         ),
         migrator.add_column("execution", "due_at", BigIntegerField(null=True)),
         migrator.add_column("execution", "rescue_count", IntegerField(default=0)),
-        migrator.add_index("execution", ("outcome", "lease_expires_at"), False),
+        migrator.add_index("execution", ("outcome", "due_at"), False),
         migrator.add_column(
             "worker_run", "state", CharField(max_length=20, default="finished")
         ),
@@ -33,7 +33,7 @@ def up(migrator, db):
 def down(migrator, db):
     migrator.migrate(
         migrator.drop_column("worker_run", "state"),
-        migrator.drop_index("execution", "execution_outcome_lease_expires_at"),
+        migrator.drop_index("execution", "execution_outcome_due_at"),
         migrator.drop_column("execution", "rescue_count"),
         migrator.drop_column("execution", "due_at"),
         migrator.drop_column("execution", "lease_expires_at"),

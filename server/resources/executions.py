@@ -28,7 +28,7 @@ from cavra_server.resources.base import (
 
 _EXECUTION_ID = re.compile(r"ex_[0-9a-f]{32}")
 _EXECUTIONS_PATH = api_path("/executions")
-_OUTCOMES = ("claimed", "delivered", "failed", "skipped")
+_OUTCOMES = ("queued", "claimed", "delivered", "failed", "skipped")
 
 
 class Executions(Resource):
