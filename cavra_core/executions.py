@@ -135,6 +135,7 @@ class _Claim(NamedTuple):
 
     row: Execution
     word: Word
+    lineage: Lineage
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -389,7 +390,7 @@ class Executions:
         whose approval no longer holds are finished as ``skipped`` there.
         """
         database = self.engine.database
-        with database.atomic():
+        with database.atomic(), store.counter_batch():
             query = (
                 Execution.select()
                 .where(
@@ -439,17 +440,18 @@ class Executions:
                         leases.worker_id,
                     )
             claims = []
-            checked = zip(rows, self._words_of(rows, now), strict=True)
+            lineages = _lineages(row.lineage_id for row in rows)
+            checked = zip(rows, self._words_of(rows, lineages, now), strict=True)
             for row, (word, reason) in checked:
                 row.lease_owner = leases.worker_id
                 if reason:
                     self._finish_skipped(row, reason, actor, now)
                 else:
-                    claims.append(_Claim(row, word))
+                    claims.append(_Claim(row, word, lineages[row.lineage_id]))
             return claims
 
     def _words_of(
-        self, rows: Sequence[Execution], now: datetime
+        self, rows: Sequence[Execution], lineages: Mapping[str, Lineage], now: datetime
     ) -> list[tuple[Word | None, str]]:
         """
         For each execution, its approval's word and why it no longer holds.
@@ -471,7 +473,6 @@ class Executions:
             )
         }
         latest = self.engine.approvals.latest_words(row.lineage_id for row in rows)
-        lineages = _lineages(row.lineage_id for row in rows)
         plan_hashes = _plan_hashes(a.retry_plan_id for a in approval_of.values())
         found: list[tuple[Word | None, str]] = []
         for row in rows:
@@ -514,6 +515,7 @@ class Executions:
         """Send the claims one after the other, then record them all at once."""
         done: list[tuple[_Claim, dict[str, Any] | None, str]] = []
         unsent: list[_Claim] = []
+        packages = self.engine.load_packages(claim.row.package_id for claim in claims)
         for claim in claims:
             if stop():
                 unsent.append(claim)
@@ -524,7 +526,11 @@ class Executions:
                 done.append((claim, None, reason))
                 continue
             attempt = self.engine.send_attempt(
-                claim.row.lineage_id, claim.row.attempt_number, now=started_at
+                claim.row.lineage_id,
+                claim.row.attempt_number,
+                now=started_at,
+                lineage=claim.lineage,
+                package=packages.get(claim.row.package_id),
             )
             done.append((claim, attempt, ""))
         self._record(done, leases, actor)
@@ -582,7 +588,7 @@ class Executions:
         while True:
             tries += 1
             try:
-                with database.atomic():
+                with database.atomic(), store.counter_batch():
                     self._write_outcomes(done, leases, actor)
                 return
             except (peewee.OperationalError, peewee.InterfaceError) as error:
@@ -634,7 +640,7 @@ class Executions:
                 self._finish_skipped(row, reason, actor, self.engine.now())
                 continue
             try:
-                with database.atomic():
+                with database.atomic(), store.counter_batch():
                     recorded: dict[str, Any] | None = self.engine._record_attempt(
                         attempt, "worker", row.run_id, pointer=""
                     )

@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -557,8 +558,47 @@ MODELS = (
 )
 
 
+#: The counter changes collected by :func:`counter_batch`, per thread.
+_batches = threading.local()
+
+
+@contextlib.contextmanager
+def counter_batch() -> Iterator[None]:
+    """
+    Collect :func:`bump_counters` calls and write them once, at the block's end.
+
+    Use it inside the transaction that makes the counted changes: a block
+    that records a hundred attempts writes each counter once, not a hundred
+    times, and in the order of their names, so that writers on PostgreSQL
+    always lock counter rows in the same order. A block that raises writes
+    nothing; a nested block (a savepoint, say) hands its changes to the
+    outer one only when it ends without an error.
+    """
+    outer = getattr(_batches, "current", None)
+    changes: dict[str, int] = {}
+    _batches.current = changes
+    try:
+        yield
+    finally:
+        _batches.current = outer
+    if outer is not None:
+        for name, delta in changes.items():
+            outer[name] = outer.get(name, 0) + delta
+    else:
+        _write_counters(dict(sorted(changes.items())))
+
+
 def bump_counters(changes: dict[str, int]) -> None:
-    """Add to named counters inside the caller's transaction."""
+    """Add to named counters inside the caller's transaction (or its batch)."""
+    batch = getattr(_batches, "current", None)
+    if batch is not None:
+        for name, delta in changes.items():
+            batch[name] = batch.get(name, 0) + delta
+        return
+    _write_counters(changes)
+
+
+def _write_counters(changes: dict[str, int]) -> None:
     for name, delta in changes.items():
         if not delta:
             continue
