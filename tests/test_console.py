@@ -7,8 +7,9 @@ Two stores: one where an operator walks the whole governed flow from an
 empty start (deliver, plan, dry run, approve, live run, close the recovery),
 and one seeded with failures of several kinds, times and connectors for the
 failed-deliveries table, a decision's explanation, errors, roles and the
-evidence export. The tests save screenshots of the main screens at 1280 and
-390 pixels into docs/console/, which docs/console.md shows.
+evidence export. The tests take screenshots of the main screens at 1280 and
+390 pixels, into a temporary folder; ``CAVRA_UPDATE_SCREENSHOTS=1`` puts them
+in docs/console/, which docs/console.md shows.
 
 Chromium is a Debian package (``apt-get install chromium``, done by
 ``.ci/run``); without it these tests fail, they never skip.
@@ -22,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -48,7 +50,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+#: The screenshots docs/console.md shows. A test run writes its screenshots
+#: to a temporary folder, so the tree stays as it was; with
+#: CAVRA_UPDATE_SCREENSHOTS=1 it writes them here, to refresh the docs.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+SCREENSHOTS = (
+    DOCS_SCREENSHOTS
+    if os.environ.get("CAVRA_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / f"cavra-console-{os.getpid()}"
+)
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
 
@@ -229,7 +239,7 @@ class Console:
 
     def shoot(self, name: str, *, whole: bool = True) -> None:
         """
-        Save the tab as docs/console/NAME-WIDTH.png: the whole page, or with
+        Save the tab as NAME-WIDTH.png in SCREENSHOTS: the whole page, or with
         a dialog open, a window tall enough to show all of the dialog
         (``whole=False``: the window as it is).
         """
