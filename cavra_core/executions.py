@@ -44,7 +44,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -218,9 +218,7 @@ class Executions:
 
         executed = 0
         still_queued = 0
-        for row in Execution.select().where(
-            Execution.execution_id.in_(list(by_execution))
-        ):
+        for row in _executions(by_execution):
             document = execution_document(row)
             selected.append(_selected(by_execution[row.execution_id], document))
             executed += row.outcome in ("delivered", "failed")
@@ -262,60 +260,75 @@ class Executions:
         out), and the execution's unique claim key leaves out an attempt
         already queued or made.
         """
-        database = self.engine.database
         queued: dict[str, Decision] = {}
         for start in range(0, len(approved), _CHUNK):
             chunk = approved[start : start + _CHUNK]
-            with database.atomic():
-                keys = {f"{d.lineage_id}:{d.retry_count + 1}": (d, w) for d, w in chunk}
-                taken = set(
-                    Execution.select(Execution.claim_key)
-                    .where(Execution.claim_key.in_(list(keys)))
-                    .tuples()
+            for tries in range(1, 4):
+                try:
+                    queued.update(self._queue_chunk(run_id, chunk, now))
+                    break
+                except peewee.IntegrityError:
+                    # Another run queued one of these attempts between the
+                    # look and the insert; look again.
+                    if tries == 3:
+                        raise
+        return queued
+
+    def _queue_chunk(
+        self, run_id: str, chunk: Sequence[tuple[Decision, Word]], now: datetime
+    ) -> dict[str, Decision]:
+        database = self.engine.database
+        queued: dict[str, Decision] = {}
+        with database.atomic():
+            keys = {f"{d.lineage_id}:{d.retry_count + 1}": (d, w) for d, w in chunk}
+            taken = set(
+                Execution.select(Execution.claim_key)
+                .where(Execution.claim_key.in_(list(keys)))
+                .tuples()
+            )
+            free = [pair for key, pair in keys.items() if (key,) not in taken]
+            items = ApprovalItem.select(ApprovalItem.id).where(
+                ApprovalItem.id.in_([w.item.id for _, w in free])
+                & ApprovalItem.used_at.is_null()
+            )
+            if _is_postgres(database):
+                items = items.for_update()
+            unused = {item_id for (item_id,) in items.tuples()}
+            rows = []
+            for decision, word in free:
+                if word.item.id not in unused:
+                    continue
+                execution_id = self.engine.new_id("ex")
+                ApprovalItem.update(used_at=now, execution_id=execution_id).where(
+                    ApprovalItem.id == word.item.id
+                ).execute()
+                rows.append(
+                    {
+                        "execution_id": execution_id,
+                        "run_id": run_id,
+                        "decision_id": word.item.decision_id,
+                        "approval_id": word.approval.approval_id,
+                        "lineage_id": decision.lineage_id,
+                        "package_id": decision.package_id,
+                        "connector_id": decision.connector_id,
+                        "attempt_number": decision.retry_count + 1,
+                        "claim_key": (
+                            f"{decision.lineage_id}:{decision.retry_count + 1}"
+                        ),
+                        "outcome": "queued",
+                        "started_at": now,
+                        "due_at": decision.not_before,
+                    }
                 )
-                free = [pair for key, pair in keys.items() if (key,) not in taken]
-                items = ApprovalItem.select(ApprovalItem.id).where(
-                    ApprovalItem.id.in_([w.item.id for _, w in free])
-                    & ApprovalItem.used_at.is_null()
-                )
-                if _is_postgres(database):
-                    items = items.for_update()
-                unused = {item_id for (item_id,) in items.tuples()}
-                rows = []
-                for decision, word in free:
-                    if word.item.id not in unused:
-                        continue
-                    execution_id = self.engine.new_id("ex")
-                    ApprovalItem.update(used_at=now, execution_id=execution_id).where(
-                        ApprovalItem.id == word.item.id
-                    ).execute()
-                    rows.append(
-                        {
-                            "execution_id": execution_id,
-                            "run_id": run_id,
-                            "decision_id": word.item.decision_id,
-                            "approval_id": word.approval.approval_id,
-                            "lineage_id": decision.lineage_id,
-                            "package_id": decision.package_id,
-                            "connector_id": decision.connector_id,
-                            "attempt_number": decision.retry_count + 1,
-                            "claim_key": (
-                                f"{decision.lineage_id}:{decision.retry_count + 1}"
-                            ),
-                            "outcome": "queued",
-                            "started_at": now,
-                            "due_at": decision.not_before,
-                        }
-                    )
-                    queued[execution_id] = decision
-                for approval_id, count in _count_by(
-                    row["approval_id"] for row in rows
-                ).items():
-                    Approval.update(used_count=Approval.used_count + count).where(
-                        Approval.approval_id == approval_id
-                    ).execute()
-                if rows:
-                    Execution.insert_many(rows).execute()
+                queued[execution_id] = decision
+            for approval_id, count in _count_by(
+                row["approval_id"] for row in rows
+            ).items():
+                Approval.update(used_count=Approval.used_count + count).where(
+                    Approval.approval_id == approval_id
+                ).execute()
+            if rows:
+                Execution.insert_many(rows).execute()
         return queued
 
     # -- claiming and sending -----------------------------------------------------
@@ -932,6 +945,14 @@ def lineages_with_words() -> set[str]:
         .distinct()
         .tuples()
     }
+
+
+def _executions(execution_ids: Iterable[str]) -> Iterator[Execution]:
+    wanted = list(execution_ids)
+    for start in range(0, len(wanted), 500):
+        yield from Execution.select().where(
+            Execution.execution_id.in_(wanted[start : start + 500])
+        )
 
 
 def _lineages(lineage_ids: Any) -> dict[str, Lineage]:
