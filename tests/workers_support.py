@@ -200,20 +200,27 @@ def write_connectors(
     read_timeout: float = 5.0,
     connect_timeout: float = 2.0,
     connector_id: str = CONNECTOR_ID,
+    retry_delay_minutes: float | None = None,
 ) -> Path:
-    """Write a connectors file whose one webhook posts to ``receiver_url``/hook."""
+    """
+    Write a connectors file whose one webhook posts to ``receiver_url``/hook.
+
+    ``retry_delay_minutes`` sets the connector's retry delay, and so the
+    moment a seeded retry becomes due: its failure plus that delay.
+    """
     path = directory / f"connectors-{uuid.uuid4().hex[:8]}.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [{connector_id}]
-            type = "webhook"
-            url = "{receiver_url}/hook"
-            connect_timeout_seconds = {connect_timeout}
-            read_timeout_seconds = {read_timeout}
-            """
-        )
+    text = textwrap.dedent(
+        f"""
+        [{connector_id}]
+        type = "webhook"
+        url = "{receiver_url}/hook"
+        connect_timeout_seconds = {connect_timeout}
+        read_timeout_seconds = {read_timeout}
+        """
     )
+    if retry_delay_minutes is not None:
+        text += f"retry_policy = {{ retry_delay_minutes = {retry_delay_minutes} }}\n"
+    path.write_text(text)
     return path
 
 
@@ -485,6 +492,7 @@ class WorkerProcess:
             target=self._read_stdout, name=f"stdout-{name}", daemon=True
         ).start()
         self.exit_code: int | None = None
+        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -531,10 +539,15 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM once; a second one is never sent."""
+        if self.running() and not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then the exit status; SIGKILL if it does not exit in time."""
-        if self.running():
-            self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -581,7 +594,7 @@ def worker_arguments(
     arguments += [
         "--worker-id",
         name,
-        "--actor",
+        "--generated-by",
         actor,
         "--database",
         database_url,
@@ -625,8 +638,7 @@ def start_workers(
 def stop_all(workers: Sequence[WorkerProcess]) -> list[int]:
     """SIGTERM every worker at once, then their exit statuses."""
     for worker in workers:
-        if worker.running():
-            worker.process.send_signal(signal.SIGTERM)
+        worker.terminate()
     return [worker.stop() for worker in workers]
 
 
