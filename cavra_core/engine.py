@@ -813,13 +813,15 @@ class Engine:
         worker_run_id: str | None,
         *,
         pointer: str,
+        lineage: Lineage | None = None,
     ) -> dict[str, Any]:
         """
         Append one attempt to its lineage and move the lineage on.
 
         Runs inside the caller's transaction. The lineage row is updated with a
         compare-and-set on its version, so concurrent writers cannot both
-        append attempt N.
+        append attempt N. ``lineage`` is the lineage's row when the caller
+        has just read it in this transaction.
         """
         package_id = attempt["package_id"]
         connector_id = attempt["connector_id"]
@@ -828,7 +830,11 @@ class Engine:
         started_at: datetime = attempt["started_at"]
         finished_at: datetime = attempt["finished_at"]
 
-        row = Lineage.get_or_none(Lineage.lineage_id == lineage_id)
+        row = (
+            lineage
+            if lineage is not None
+            else Lineage.get_or_none(Lineage.lineage_id == lineage_id)
+        )
         if row is None:
             package = AuditPackage.get_by_id(package_id)
             Lineage.insert(

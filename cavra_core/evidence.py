@@ -28,7 +28,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
@@ -562,26 +562,86 @@ def append(
         ValueError: an unknown kind, an id of another kind, or no such record.
         RuntimeError: called outside a transaction.
     """
+    database = _checked(database, kind, [subject_id])
+    _serialize_appends(database)
+    document = summary_of(kind, subject_id)
+    if document is None:
+        raise ValueError(f"no {kind} {subject_id} to vouch for")
+    return _append_documents(kind, [(subject_id, document)], actor, at)[0]
+
+
+def append_rows(
+    database: peewee.Database,
+    kind: str,
+    rows: Sequence[peewee.Model],
+    actor: Actor,
+    at: datetime,
+) -> list[dict[str, Any]]:
+    """
+    Append entries for ``rows``, records of ``kind`` as the caller writes them.
+
+    For a caller that writes many records in one transaction: each summary
+    is made from the row object given, which must hold exactly the values
+    the caller stores in that transaction (verification rebuilds every
+    summary from the stored record and would report a difference). The
+    entries are chained in the order of ``rows`` and inserted in one
+    statement. Raises as :func:`append` does.
+    """
+    subject = _SUBJECTS.get(kind)
+    if subject is None:
+        raise ValueError(f"unknown evidence kind {kind!r}")
+    key = subject.model._meta.primary_key.name
+    ids = [getattr(row, key) for row in rows]
+    database = _checked(database, kind, ids)
+    if not rows:
+        return []
+    _serialize_appends(database)
+    return _append_documents(
+        kind,
+        [
+            (subject_id, subject.summary(row))
+            for subject_id, row in zip(ids, rows, strict=True)
+        ],
+        actor,
+        at,
+    )
+
+
+def _checked(
+    database: peewee.Database, kind: str, subject_ids: Sequence[str]
+) -> peewee.Database:
     if kind not in _SUBJECTS:
         raise ValueError(f"unknown evidence kind {kind!r}")
-    if not subject_id.startswith(SUBJECT_PREFIXES[kind] + "_"):
-        raise ValueError(f"{subject_id!r} is not the id of a {kind}")
+    for subject_id in subject_ids:
+        if not subject_id.startswith(SUBJECT_PREFIXES[kind] + "_"):
+            raise ValueError(f"{subject_id!r} is not the id of a {kind}")
     if isinstance(database, peewee.DatabaseProxy):
         database = database.obj
     if not database.in_transaction():
         raise RuntimeError(
             "evidence.append must run inside the transaction that wrote the record"
         )
+    return database
 
-    # Appends are serialized before anything is read: an advisory lock on
-    # PostgreSQL; on SQLite the counter update takes the write lock (the
-    # caller's write has usually taken it already).
+
+def _serialize_appends(database: peewee.Database) -> None:
+    """
+    Let one transaction at a time append, before anything is read: an
+    advisory lock on PostgreSQL; on SQLite the transaction holds the write
+    lock from its start (``BEGIN IMMEDIATE``).
+    """
     if isinstance(database, peewee.PostgresqlDatabase):
         database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
-    store.bump_counters({_COUNTER: 1})
-    document = summary_of(kind, subject_id)
-    if document is None:
-        raise ValueError(f"no {kind} {subject_id} to vouch for")
+
+
+def _append_documents(
+    kind: str,
+    documents: Sequence[tuple[str, dict[str, Any]]],
+    actor: Actor,
+    at: datetime,
+) -> list[dict[str, Any]]:
+    """Chain and insert one entry per (subject id, summary), after the last one."""
+    store.bump_counters({_COUNTER: len(documents)})
     last = (
         EvidenceEntry.select(EvidenceEntry.sequence, EvidenceEntry.entry_hash)
         .order_by(EvidenceEntry.sequence.desc())
@@ -593,26 +653,34 @@ def append(
         if last is None
         else {"sequence": last.sequence, "entry_hash": last.entry_hash}
     )
-    entry = chain_entry(
-        previous,
-        kind=kind,
-        subject_id=subject_id,
-        actor=actor,
-        recorded_at=_time(at),
-        document=document,
-    )
-    EvidenceEntry.insert(
-        sequence=entry["sequence"],
-        kind=kind,
-        subject_id=subject_id,
-        actor=actor.name,
-        actor_verified=bool(actor.verified),
-        recorded_at=at,
-        document=_canonical(document),
-        previous_hash=entry["previous_hash"],
-        entry_hash=entry["entry_hash"],
-    ).execute()
-    return entry
+    entries = []
+    rows = []
+    for subject_id, document in documents:
+        entry = chain_entry(
+            previous,
+            kind=kind,
+            subject_id=subject_id,
+            actor=actor,
+            recorded_at=_time(at),
+            document=document,
+        )
+        entries.append(entry)
+        rows.append(
+            {
+                "sequence": entry["sequence"],
+                "kind": kind,
+                "subject_id": subject_id,
+                "actor": actor.name,
+                "actor_verified": bool(actor.verified),
+                "recorded_at": at,
+                "document": _canonical(document),
+                "previous_hash": entry["previous_hash"],
+                "entry_hash": entry["entry_hash"],
+            }
+        )
+        previous = entry
+    EvidenceEntry.insert_many(rows).execute()
+    return entries
 
 
 # -- reading --------------------------------------------------------------------

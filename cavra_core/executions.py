@@ -628,16 +628,34 @@ class Executions:
         leases: Leases,
         actor: Actor,
     ) -> None:
-        database = self.engine.database
+        """
+        The body of :meth:`_record`'s transaction.
+
+        The claims still held and their lineages are locked first (on
+        PostgreSQL; SQLite's transaction holds the write lock), so nothing
+        moves under the batch; each attempt goes on its lineage, then the
+        executions get their evidence entries in one append and their
+        outcomes, each in one update.
+        """
+        engine = self.engine
+        database = engine.database
         ids = [claim.row.execution_id for claim, _, _ in done]
         held = Execution.select(Execution.execution_id).where(
             Execution.execution_id.in_(ids)
             & (Execution.lease_owner == leases.worker_id)
             & (Execution.outcome == "claimed")
         )
+        lineages = Lineage.select().where(
+            Lineage.lineage_id.in_([claim.row.lineage_id for claim, _, _ in done])
+        )
         if _is_postgres(database):
             held = held.for_update()
+            lineages = lineages.for_update()
         still_mine = {execution_id for (execution_id,) in held.tuples()}
+        fresh = {row.lineage_id: row for row in lineages}
+        now = engine.now()
+
+        finished: list[tuple[Execution, dict[str, Any]]] = []
         for claim, attempt, reason in done:
             row = claim.row
             if row.execution_id not in still_mine:
@@ -650,59 +668,71 @@ class Executions:
                 )
                 continue
             if attempt is None:
-                self._finish_skipped(row, reason, actor, self.engine.now())
-                continue
-            try:
-                with database.atomic(), store.counter_batch():
-                    recorded: dict[str, Any] | None = self.engine._record_attempt(
-                        attempt, "worker", row.run_id, pointer=""
-                    )
-            except CavraError:
-                # Sent, but the lineage moved on before the attempt was recorded.
-                recorded = None
-            started_at: datetime = attempt["started_at"]
-            finished_at: datetime = attempt["finished_at"]
-            outcome = recorded["outcome"] if recorded else "failed"
-            Execution.update(
-                outcome=outcome,
-                error_class=recorded["error_class"] if recorded else "not_recorded",
-                http_status=recorded["http_status"] if recorded else None,
-                attempt_id=recorded["attempt_id"] if recorded else None,
-                started_at=started_at,
-                finished_at=finished_at,
-                duration_ms=max(
-                    0, int((finished_at - started_at).total_seconds() * 1000)
-                ),
-                lease_owner=None,
-                lease_expires_at=None,
-            ).where(Execution.execution_id == row.execution_id).execute()
-            self._seal(row.execution_id, outcome, actor, finished_at)
-            if row.due_at is not None:
-                # An approved retry sent before its delay ran out (an
-                # immediate retry) counts as no lag at all.
-                lag = max(0.0, (started_at - row.due_at).total_seconds())
-                metrics.CLAIM_LAG_SECONDS.observe(lag, row.connector_id)
-            log.info(
-                "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
-                row.execution_id,
-                row.lineage_id,
-                row.attempt_number,
-                outcome,
+                changes = _skipped_changes(reason, now)
+            else:
+                changes = self._attempt_changes(row, attempt, fresh.get(row.lineage_id))
+            for name, value in changes.items():
+                setattr(row, name, value)
+            finished.append((row, changes))
+
+        entries = evidence.append_rows(
+            database, "execution", [row for row, _ in finished], actor, now
+        )
+        for (row, changes), entry in zip(finished, entries, strict=True):
+            Execution.update(**changes, evidence_sequence=entry["sequence"]).where(
+                Execution.execution_id == row.execution_id
+            ).execute()
+            row.evidence_sequence = entry["sequence"]
+            store.bump_counters({f"executions:{row.outcome}": 1})
+            if row.outcome != "skipped":
+                log.info(
+                    "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
+                    row.execution_id,
+                    row.lineage_id,
+                    row.attempt_number,
+                    row.outcome,
+                )
+
+    def _attempt_changes(
+        self, row: Execution, attempt: Mapping[str, Any], lineage: Lineage | None
+    ) -> dict[str, Any]:
+        """Record a sent attempt on its lineage; the execution's new values."""
+        try:
+            recorded: dict[str, Any] | None = self.engine._record_attempt(
+                attempt, "worker", row.run_id, pointer="", lineage=lineage
             )
+        except CavraError:
+            # Sent, but the lineage moved on before the attempt was recorded
+            # (the checks that refuse it come before any write).
+            recorded = None
+        started_at: datetime = attempt["started_at"]
+        finished_at: datetime = attempt["finished_at"]
+        if row.due_at is not None:
+            # An approved retry sent before its delay ran out (an immediate
+            # retry) counts as no lag at all.
+            lag = max(0.0, (started_at - row.due_at).total_seconds())
+            metrics.CLAIM_LAG_SECONDS.observe(lag, row.connector_id)
+        return {
+            "outcome": recorded["outcome"] if recorded else "failed",
+            "error_class": recorded["error_class"] if recorded else "not_recorded",
+            "http_status": recorded["http_status"] if recorded else None,
+            "attempt_id": recorded["attempt_id"] if recorded else None,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration_ms": max(
+                0, int((finished_at - started_at).total_seconds() * 1000)
+            ),
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
 
     def _finish_skipped(
         self, row: Execution, reason: str, actor: Actor, now: datetime
     ) -> None:
         """End a claimed execution as skipped (caller's transaction)."""
-        Execution.update(
-            outcome="skipped",
-            skipped_reason=reason,
-            claim_key=None,
-            started_at=now,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        ).where(Execution.execution_id == row.execution_id).execute()
+        Execution.update(**_skipped_changes(reason, now)).where(
+            Execution.execution_id == row.execution_id
+        ).execute()
         self._seal(row.execution_id, "skipped", actor, now)
 
     def _release(self, claims: Sequence[_Claim], leases: Leases) -> None:
@@ -876,6 +906,20 @@ def reconnect(database: peewee.Database) -> None:
         database.close()  # it may be gone already
     with contextlib.suppress(peewee.PeeweeException):
         database.connect(reuse_if_open=True)  # still away: the caller tries later
+
+
+def _skipped_changes(reason: str, now: datetime) -> dict[str, Any]:
+    """A claimed execution's new values when its approval no longer holds."""
+    return {
+        "outcome": "skipped",
+        "skipped_reason": reason,
+        # Without its claim key, a later approval may queue the attempt again.
+        "claim_key": None,
+        "started_at": now,
+        "finished_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def _count_by(values: Iterable[str]) -> dict[str, int]:

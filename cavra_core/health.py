@@ -238,8 +238,11 @@ def _origin(scheme: str, host: str | None, port: int | None) -> str | None:
 
 
 def _row(connector_id: str) -> ConnectorState:
-    ConnectorState.insert(connector_id=connector_id).on_conflict_ignore().execute()
-    return ConnectorState.get_by_id(connector_id)
+    row = ConnectorState.get_or_none(ConnectorState.connector_id == connector_id)
+    if row is None:
+        ConnectorState.insert(connector_id=connector_id).on_conflict_ignore().execute()
+        row = ConnectorState.get_by_id(connector_id)
+    return row
 
 
 def _lifted(at: datetime, reason: str, by: str) -> dict[str, Any]:
