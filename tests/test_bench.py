@@ -334,3 +334,25 @@ def test_dashboard_benchmark_runs_and_reports_its_figures(tmp_path) -> None:
 
     for expected in ("dashboard", "worker-runs, page at 90 %", "attempts, first page"):
         assert expected in output
+
+
+@pytest.mark.postgres
+def test_workers_benchmark_runs_and_reports_its_figures(postgres_url, tmp_path) -> None:
+    """bench/workers.py seeds, runs one and two workers, and finds no double."""
+    output = run_script(
+        "workers.py",
+        "--retries",
+        "60",
+        "--workers",
+        "1,2",
+        "--lease",
+        "10",
+        "--admin-url",
+        postgres_url,
+        "--workdir",
+        str(tmp_path),
+    )
+
+    for expected in ("floor, webhook", "deliveries/s", "lag p99", "2 workers / 1"):
+        assert expected in output
+    assert "double deliveries: 0 (ok)" in output
