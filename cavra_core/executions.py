@@ -82,6 +82,8 @@ LEASE_RESCUES = "lease_rescues:"
 PENDING = ("queued", "claimed")
 #: How long a worker waiting for others' claims sleeps between looks.
 POLL_SECONDS = 0.2
+#: What a lost connection or a busy store raises; a worker waits and goes on.
+DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 #: Queue writes go in chunks of this many executions.
 _CHUNK = 200
 
@@ -359,20 +361,28 @@ class Executions:
         database = self.engine.database
         sent = 0
         failures = 0
-        with _Heartbeat(database, leases, clock):
+        with _Heartbeat(database, leases, clock) as heartbeat:
             while not stop():
                 try:
                     claims = self._claim_batch(leases, actor, clock())
                     if claims:
-                        sent += self._send_batch(claims, leases, actor, clock, stop)
+                        with heartbeat.holding(c.row.execution_id for c in claims):
+                            count, failure = self._send_batch(
+                                claims, leases, actor, clock, stop
+                            )
+                        sent += count
+                        if failure is not None:
+                            raise failure
                         failures = 0
                         continue
                     more = run_id is not None and self._pending(run_id)
                     if until is not None:
                         more = more or not until()
-                except (peewee.OperationalError, peewee.InterfaceError) as error:
-                    # A busy store or a lost connection: claims in hand keep
-                    # their leases and are sent or rescued; start afresh.
+                except DATABASE_ERRORS as error:
+                    # A busy store or a lost connection. Claims this worker
+                    # could not record or release are no longer in hand: the
+                    # heartbeat leaves them, and once their lease runs out any
+                    # worker (this one too) rescues them.
                     failures += 1
                     log.warning(
                         "claiming retries failed worker_id=%s error=%s tries=%d",
@@ -524,32 +534,62 @@ class Executions:
         actor: Actor,
         clock: Callable[[], datetime],
         stop: Callable[[], bool],
-    ) -> int:
-        """Send the claims one after the other, then record them all at once."""
+    ) -> tuple[int, Exception | None]:
+        """
+        Send the claims one after the other, then record them all at once.
+
+        Returns the number sent, and the database error that ended the
+        sending early, if one did: an error before a send (the approval read
+        again, say) stops the batch there; what was sent is recorded and the
+        rest is put back in the queue, both tried again until the database
+        answers, and the caller waits before it claims again.
+        """
         done: list[tuple[_Claim, dict[str, Any] | None, str]] = []
         unsent: list[_Claim] = []
-        packages = self.engine.load_packages(claim.row.package_id for claim in claims)
+        failure: Exception | None = None
+        try:
+            packages = self.engine.load_packages(c.row.package_id for c in claims)
+        except DATABASE_ERRORS as error:
+            packages, failure = {}, error
         for claim in claims:
-            if stop():
+            if failure is not None or stop():
                 unsent.append(claim)
                 continue
             started_at = clock()
-            reason = self._still_holds(claim, started_at)
-            if reason:
-                done.append((claim, None, reason))
+            try:
+                reason = self._still_holds(claim, started_at)
+                if reason:
+                    done.append((claim, None, reason))
+                    continue
+                attempt = self.engine.send_attempt(
+                    claim.row.lineage_id,
+                    claim.row.attempt_number,
+                    now=started_at,
+                    lineage=claim.lineage,
+                    package=packages.get(claim.row.package_id),
+                )
+            except DATABASE_ERRORS as error:
+                # Nothing was sent for this claim: the connector is called
+                # only after every read.
+                failure = error
+                unsent.append(claim)
                 continue
-            attempt = self.engine.send_attempt(
-                claim.row.lineage_id,
-                claim.row.attempt_number,
-                now=started_at,
-                lineage=claim.lineage,
-                package=packages.get(claim.row.package_id),
-            )
             done.append((claim, attempt, ""))
-        self._record(done, leases, actor)
+        if done:
+            self._with_retries(
+                lambda: self._write_outcomes(done, leases, actor),
+                leases,
+                "outcomes not recorded",
+                [claim.row.execution_id for claim, _, _ in done],
+            )
         if unsent:
-            self._release(unsent, leases)
-        return sum(1 for _, attempt, _ in done if attempt is not None)
+            self._with_retries(
+                lambda: self._release(unsent, leases),
+                leases,
+                "claims not released",
+                [claim.row.execution_id for claim in unsent],
+            )
+        return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
     def _still_holds(self, claim: _Claim, now: datetime) -> str:
         """
@@ -579,22 +619,23 @@ class Executions:
             return "approval_expired"
         return ""
 
-    def _record(
+    def _with_retries(
         self,
-        done: Sequence[tuple[_Claim, dict[str, Any] | None, str]],
+        write: Callable[[], None],
         leases: Leases,
-        actor: Actor,
+        failed: str,
+        execution_ids: Sequence[str],
     ) -> None:
         """
-        Write the batch's outcomes and release its claims, in one transaction.
+        Run ``write`` in one transaction, trying again while the store is
+        busy or away, reconnecting, for as long as a lease would last (at
+        least 10 s).
 
-        Only the claims this worker still holds are written: one whose lease
-        ran out and was rescued belongs to its rescuer. A sent attempt must
-        not be lost, so a busy store or a lost connection gets the write
-        tried again (reconnecting) for as long as the leases would last.
+        What a batch did must not be lost to a short outage: an attempt that
+        was sent is recorded once the database is back. Past the deadline
+        the error is raised, logged with the executions concerned; their
+        claims then run out and are rescued.
         """
-        if not done:
-            return
         database = self.engine.database
         deadline = time.monotonic() + max(10.0, leases.lease_seconds)
         tries = 0
@@ -602,19 +643,20 @@ class Executions:
             tries += 1
             try:
                 with database.atomic(), store.counter_batch():
-                    self._write_outcomes(done, leases, actor)
+                    write()
                 return
-            except (peewee.OperationalError, peewee.InterfaceError) as error:
+            except DATABASE_ERRORS as error:
                 if time.monotonic() >= deadline:
                     log.error(
-                        "outcomes not recorded worker_id=%s executions=%s error=%s",
+                        "%s worker_id=%s executions=%s error=%s",
+                        failed,
                         leases.worker_id,
-                        ",".join(claim.row.execution_id for claim, _, _ in done),
+                        ",".join(execution_ids),
                         type(error).__name__,
                     )
                     raise
                 log.warning(
-                    "recording outcomes failed worker_id=%s error=%s tries=%d",
+                    "writing a batch failed worker_id=%s error=%s tries=%d",
                     leases.worker_id,
                     type(error).__name__,
                     tries,
@@ -629,7 +671,10 @@ class Executions:
         actor: Actor,
     ) -> None:
         """
-        The body of :meth:`_record`'s transaction.
+        Write the batch's outcomes and release its claims (caller's transaction).
+
+        Only the claims this worker still holds are written: one whose lease
+        ran out and was rescued belongs to its rescuer.
 
         The claims still held and their lineages are locked first (on
         PostgreSQL; SQLite's transaction holds the write lock), so nothing
@@ -736,15 +781,14 @@ class Executions:
         self._seal(row.execution_id, "skipped", actor, now)
 
     def _release(self, claims: Sequence[_Claim], leases: Leases) -> None:
-        """Put unsent claims back in the queue for any worker."""
-        with self.engine.database.atomic():
-            Execution.update(
-                outcome="queued", lease_owner=None, lease_expires_at=None
-            ).where(
-                Execution.execution_id.in_([c.row.execution_id for c in claims])
-                & (Execution.lease_owner == leases.worker_id)
-                & (Execution.outcome == "claimed")
-            ).execute()
+        """Put unsent claims back in the queue for any worker (caller's transaction)."""
+        Execution.update(
+            outcome="queued", lease_owner=None, lease_expires_at=None
+        ).where(
+            Execution.execution_id.in_([c.row.execution_id for c in claims])
+            & (Execution.lease_owner == leases.worker_id)
+            & (Execution.outcome == "claimed")
+        ).execute()
 
     def _record_skip(
         self,
@@ -844,9 +888,10 @@ class _Heartbeat:
     """
     Extend the leases a worker holds while it works, from a thread of its own.
 
-    Every third of the lease, the expiry of every execution the worker has
-    claimed moves to a full lease from now, so a long delivery keeps its
-    claim and a dead worker's claims run out after one lease.
+    Every third of the lease, the expiry of the claims in hand (the batch
+    being sent and recorded) moves to a full lease from now, so a long
+    delivery keeps its claim, and a dead worker's claims, or claims a worker
+    could not record or release, run out after one lease.
     """
 
     def __init__(
@@ -858,6 +903,7 @@ class _Heartbeat:
         self.database = database
         self.leases = leases
         self.clock = clock
+        self.in_hand: tuple[str, ...] = ()
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self._beat, name=f"lease-heartbeat-{leases.worker_id}", daemon=True
@@ -871,12 +917,24 @@ class _Heartbeat:
         self.stopping.set()
         self.thread.join()
 
+    @contextlib.contextmanager
+    def holding(self, execution_ids: Iterable[str]) -> Iterator[None]:
+        """Extend these claims while the block runs, and no longer."""
+        self.in_hand = tuple(execution_ids)
+        try:
+            yield
+        finally:
+            self.in_hand = ()
+
     def _beat(self) -> None:
         every = self.leases.lease_seconds / 3
         while not self.stopping.wait(every):
+            in_hand = self.in_hand
+            if not in_hand:
+                continue
             try:
                 with self.database.connection_context():
-                    extend_leases(self.leases, self.clock())
+                    extend_leases(self.leases, self.clock(), in_hand)
             except (peewee.OperationalError, peewee.InterfaceError) as error:
                 # The next beat tries again; a lease that runs out meanwhile
                 # is rescued by another worker, never sent twice by this one
@@ -888,12 +946,13 @@ class _Heartbeat:
                 )
 
 
-def extend_leases(leases: Leases, now: datetime) -> int:
-    """Move the expiry of the worker's claims to a full lease from ``now``."""
+def extend_leases(leases: Leases, now: datetime, execution_ids: Sequence[str]) -> int:
+    """Move the expiry of these claims of the worker to a full lease from ``now``."""
     return (
         Execution.update(lease_expires_at=now + timedelta(seconds=leases.lease_seconds))
         .where(
-            (Execution.lease_owner == leases.worker_id)
+            Execution.execution_id.in_(list(execution_ids))
+            & (Execution.lease_owner == leases.worker_id)
             & (Execution.outcome == "claimed")
         )
         .execute()
@@ -901,11 +960,22 @@ def extend_leases(leases: Leases, now: datetime) -> int:
 
 
 def reconnect(database: peewee.Database) -> None:
-    """Drop a connection that may be broken; open a new one if the server answers."""
+    """
+    Drop a connection that may be broken; open a new one if the server answers.
+
+    peewee forgets its open ``connection_context()`` blocks when a connection
+    closes; they are put back, so the block the caller runs in still closes
+    the new connection when it ends.
+    """
+    if isinstance(database, peewee.DatabaseProxy):
+        database = database.obj
+    contexts = list(database._state.ctx)
     with contextlib.suppress(peewee.PeeweeException):
         database.close()  # it may be gone already
     with contextlib.suppress(peewee.PeeweeException):
         database.connect(reuse_if_open=True)  # still away: the caller tries later
+    if not database._state.ctx:
+        database._state.ctx.extend(contexts)
 
 
 def _skipped_changes(reason: str, now: datetime) -> dict[str, Any]:

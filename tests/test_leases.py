@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import peewee
 import pytest
 from plugins_fixtures import (
     T0,
@@ -17,7 +18,7 @@ from plugins_fixtures import (
 )
 
 from cavra_core import store
-from cavra_core.executions import LEASE_RESCUES, Leases, extend_leases
+from cavra_core.executions import LEASE_RESCUES, Leases, extend_leases, reconnect
 from cavra_core.identity import Actor
 from cavra_core.store import DeliveryAttempt, Execution, WorkerRun
 
@@ -294,19 +295,24 @@ def test_the_heartbeat_extends_the_leases_of_a_long_delivery(engine, fake) -> No
     assert Execution.get().outcome == "delivered"
 
 
-def test_extend_leases_touches_only_the_workers_own_claims(engine, fake) -> None:
-    approved_due(engine, 2)
+def test_extend_leases_touches_only_the_given_claims_of_the_worker(
+    engine, fake
+) -> None:
+    approved_due(engine, 3)
     engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
-    mine = Leases(worker_id="worker-a", batch_size=1)
+    mine = Leases(worker_id="worker-a", batch_size=2)
     theirs = Leases(worker_id="worker-b", batch_size=1)
-    engine.executions._claim_batch(mine, APPROVER, DUE)
-    engine.executions._claim_batch(theirs, APPROVER, DUE)
+    in_hand, left = engine.executions._claim_batch(mine, APPROVER, DUE)
+    (other,) = engine.executions._claim_batch(theirs, APPROVER, DUE)
 
     later = DUE + timedelta(minutes=5)
-    assert extend_leases(mine, later) == 1
-    expiry = {row.lease_owner: row.lease_expires_at for row in executions()}
-    assert expiry["worker-a"] == later + timedelta(seconds=mine.lease_seconds)
-    assert expiry["worker-b"] == DUE + timedelta(seconds=theirs.lease_seconds)
+    ids = [in_hand.row.execution_id, other.row.execution_id]
+    assert extend_leases(mine, later, ids) == 1
+    expiry = {row.execution_id: row.lease_expires_at for row in executions()}
+    assert expiry[in_hand.row.execution_id] == later + timedelta(seconds=30)
+    # Claims the worker no longer has in hand, and other workers' claims, run out.
+    assert expiry[left.row.execution_id] == DUE + timedelta(seconds=30)
+    assert expiry[other.row.execution_id] == DUE + timedelta(seconds=30)
 
 
 @pytest.mark.parametrize(
@@ -321,3 +327,36 @@ def test_extend_leases_touches_only_the_workers_own_claims(engine, fake) -> None
 def test_lease_settings_out_of_range_are_refused(field, value) -> None:
     with pytest.raises(ValueError, match=field):
         Leases(**{field: value})
+
+
+def test_a_database_error_mid_batch_records_what_was_sent_and_requeues_the_rest(
+    engine, fake, monkeypatch
+) -> None:
+    lineages = approved_due(engine, 3)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    executions_ = engine.executions
+    checks = []
+    still_holds = executions_._still_holds
+
+    def flaky(claim, now):
+        checks.append(claim.row.execution_id)
+        if len(checks) == 2:
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return still_holds(claim, now)
+
+    monkeypatch.setattr(executions_, "_still_holds", flaky)
+    sent = executions_.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE)
+
+    assert sent == 3
+    assert sorted(row.outcome for row in executions()) == ["delivered"] * 3
+    assert sorted(event_ids(fake)) == sorted(lineages)  # each sent once
+    assert all(row.rescue_count == 0 for row in executions())
+
+
+def test_reconnecting_keeps_the_callers_connection_context(engine) -> None:
+    database = engine.database
+    database.close()
+    with database.connection_context():
+        reconnect(database)
+        assert Execution.select().count() == 0
+    assert database.is_closed()

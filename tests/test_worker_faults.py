@@ -244,14 +244,6 @@ def test_a_killed_workers_deliveries_are_rescued_and_sent_under_their_event_ids(
 
 @pytest.mark.postgres
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="TODO(executions): after a dropped connection a worker dies on leaving "
-    "its connection_context (reconnect() empties peewee's context stack: "
-    "IndexError), and a database error in the middle of a batch orphans the "
-    "batch (sent deliveries unrecorded, leases kept alive by the worker's own "
-    "heartbeat), so deliveries stall or are sent twice",
-)
 def test_workers_reconnect_after_the_database_drops_their_connections(
     store, workers, tmp_path, postgres_url
 ) -> None:
