@@ -1034,6 +1034,7 @@ class Engine:
         policy, overrides = self._request_policy(request)
         plan_id = new_id("rp")
         hasher = hashlib.sha256(canonical_json(policy.as_document()).encode())
+        keys_hasher = hashlib.sha256()
         counts = {"retry": 0, "wait": 0, "suppress": 0}
         reasons: dict[tuple[str, str], int] = {}
 
@@ -1061,11 +1062,15 @@ class Engine:
                 reasons[key] = reasons.get(key, 0) + 1
                 batch.append(decision)
                 if len(batch) >= BATCH_SIZE:
-                    writer.write(_decision_rows(batch, plan_id, position, hasher))
+                    writer.write(
+                        _decision_rows(batch, plan_id, position, hasher, keys_hasher)
+                    )
                     position += len(batch)
                     batch = []
             if batch:
-                writer.write(_decision_rows(batch, plan_id, position, hasher))
+                writer.write(
+                    _decision_rows(batch, plan_id, position, hasher, keys_hasher)
+                )
                 position += len(batch)
             plan_hash = hasher.hexdigest()
             writer.finish(
@@ -1077,7 +1082,9 @@ class Engine:
                     "suppressed_count": counts["suppress"],
                     "alert_level": alert_level(counts["retry"], counts["wait"]),
                 },
-                then=lambda: self._seal_plan(plan_id, reasons, who, now),
+                then=lambda: self._seal_plan(
+                    plan_id, reasons, who, now, keys_hasher.hexdigest()
+                ),
             )
 
         log.info(
@@ -1097,10 +1104,18 @@ class Engine:
         reasons: Mapping[tuple[str, str], int],
         who: Actor,
         now: datetime,
+        decision_keys_hash: str,
     ) -> None:
         """Count the plan's decisions and append its evidence (plan's transaction)."""
         metrics.count_decisions("plan", reasons)
-        evidence.append(self.database, "retry_plan", plan_id, who, now)
+        evidence.append(
+            self.database,
+            "retry_plan",
+            plan_id,
+            who,
+            now,
+            decision_keys_hash=decision_keys_hash,
+        )
 
     def get_plan(
         self, retry_plan_id: str, *, with_decisions: bool = True
@@ -2100,13 +2115,19 @@ def _decision_values(
 
 
 def _decision_rows(
-    decisions: list[Decision], plan_id: str, first_position: int, hasher: Any
+    decisions: list[Decision],
+    plan_id: str,
+    first_position: int,
+    hasher: Any,
+    keys_hasher: Any,
 ) -> list[tuple]:
     """
     A batch of a plan's decisions as rows, each with a new random id.
 
     Feeds the plan hash on the way: a newline and the canonical JSON of each
-    decision, in order (see :meth:`Decision.canonical_json`).
+    decision, in order (see :meth:`Decision.canonical_json`); and the decision
+    keys hash of the plan's evidence entry (see
+    :func:`cavra_core.evidence.decision_keys_text`).
     """
     if not decisions:
         return []
@@ -2126,6 +2147,9 @@ def _decision_rows(
     # each decision's JSON in turn, with far fewer calls.
     canonical = "\n".join([decision.canonical_json() for decision in decisions])
     hasher.update(("\n" + canonical).encode())
+    keys_hasher.update(
+        evidence.decision_keys_text([(row[2], row[0], row[4]) for row in rows]).encode()
+    )
     return rows
 
 

@@ -30,7 +30,7 @@ from plugins_fixtures import (
 )
 
 from cavra_core import engine as engine_module
-from cavra_core import hookimpl, plan_writer
+from cavra_core import evidence, hookimpl, plan_writer
 from cavra_core.calendar import DeliveryCalendar
 from cavra_core.decisions import evaluate
 from cavra_core.default_policy import CalendarMemo
@@ -181,6 +181,18 @@ def test_plan_equals_the_plan_computed_the_obvious_way(store) -> None:
     assert summary["plan_hash"] == expected_hash
     assert len({d["decision_id"] for d in plan["retry_decisions"]}) == len(expected)
     assert writer_threads() == []
+
+
+def test_a_plans_evidence_entry_equals_its_summary_read_back(store) -> None:
+    """The decision keys hash planning computed is the one the store gives."""
+    engine = store()
+
+    summary = engine.plan_retries(plan_request(), now=NOW)
+
+    entry = evidence.latest_entry("retry_plan", summary["retry_plan_id"])
+    read_back = evidence.summary_of("retry_plan", summary["retry_plan_id"])
+    assert json.loads(entry.document) == read_back
+    assert evidence.verify_store()["intact"] is True
 
 
 def test_plan_inside_the_callers_transaction_rolls_back_with_it(store) -> None:
