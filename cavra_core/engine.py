@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -975,7 +976,7 @@ class Engine:
     # -- evaluation -------------------------------------------------------------
 
     def iter_failed_lineages(
-        self, batches: Iterable[list[tuple]] | None = None
+        self, batches: Iterable[Iterable[tuple]] | None = None
     ) -> Iterator[tuple[LineageFacts, int]]:
         """
         Every lineage whose latest attempt failed, by lineage id, with its version.
@@ -996,21 +997,25 @@ class Engine:
         self,
         overrides: Mapping[str, Any] | None,
         now: datetime,
-        batches: Iterable[list[tuple]] | None = None,
+        batches: Iterable[Iterable[tuple]] | None = None,
     ) -> Iterator[Decision]:
         """One decision per failed lineage (see :meth:`iter_failed_lineages`)."""
         # Connector, its health and policy are looked up once per connector.
         known: dict[str, tuple[Any, RetryPolicy]] = {}
         hooks = self.hooks
-        for facts, version in self.iter_failed_lineages(batches):
-            found = known.get(facts.connector_id)
-            if found is None:
-                policy = self.policy_for(facts.connector_id, overrides)
-                found = known[facts.connector_id] = (
-                    self.connector_with_health(facts.connector_id),
-                    policy,
-                )
-            yield evaluate(hooks, facts, found[0], found[1], version, now)
+        # PERF(plan): the rows are read here rather than through
+        # iter_failed_lineages, one generator and one pair fewer per lineage.
+        for rows in self.failed_lineage_rows() if batches is None else batches:
+            for row in rows:
+                facts = _facts_from_tuple(row)
+                found = known.get(facts.connector_id)
+                if found is None:
+                    policy = self.policy_for(facts.connector_id, overrides)
+                    found = known[facts.connector_id] = (
+                        self.connector_with_health(facts.connector_id),
+                        policy,
+                    )
+                yield evaluate(hooks, facts, found[0], found[1], row[-1], now)
 
     # -- retry plans ------------------------------------------------------------
 
@@ -2147,10 +2152,16 @@ def _decision_rows(
     # each decision's JSON in turn, with far fewer calls.
     canonical = "\n".join([decision.canonical_json() for decision in decisions])
     hasher.update(("\n" + canonical).encode())
-    keys_hasher.update(
-        evidence.decision_keys_text([(row[2], row[0], row[4]) for row in rows]).encode()
+    # PERF(plan): zip hands out one reused tuple, not a tuple per row.
+    keys = zip(
+        map(_POSITION, rows), map(_DECISION_ID, rows), map(_VERSION, rows), strict=True
     )
+    keys_hasher.update(evidence.decision_keys_text(keys).encode())
     return rows
+
+
+#: The columns of a decision row that the decision keys hash covers.
+_DECISION_ID, _POSITION, _VERSION = itemgetter(0), itemgetter(2), itemgetter(4)
 
 
 def _decision_document(row: RetryDecision) -> dict[str, Any]:
