@@ -260,6 +260,32 @@ def test_a_failing_insert_reaches_the_caller_and_leaves_no_plan(
     assert writer_threads() == []
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_lineages_read_as_json_columns_equal_the_rows_read_plainly(store) -> None:
+    """On SQLite every batch read as JSON is the batch a plain read gives."""
+    engine = store()
+    database = engine.database
+    batch_query = engine_module.failed_lineage_batch
+
+    decoded = [
+        list(plan_writer._decode_json_rows(text))
+        for text in plan_writer._read_lineage_json(database, batch_query, 2)
+    ]
+
+    plain = list(plan_writer.read_lineage_rows(database, batch_query, 2))
+    assert decoded == plain
+    assert len(decoded) > 1
+
+
+def test_json_columns_out_of_order_come_back_by_lineage_id() -> None:
+    """The aggregate's order is not promised; the rows are sorted by lineage id."""
+    text = json.dumps([["ln_b", "ln_c", "ln_a"], [2, 3, 1], [None, "x", "y"]])
+
+    rows = list(plan_writer._decode_json_rows(text))
+
+    assert rows == [("ln_a", 1, "y"), ("ln_b", 2, None), ("ln_c", 3, "x")]
+
+
 @pytest.mark.parametrize(
     "schedule",
     [
