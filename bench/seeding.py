@@ -560,6 +560,7 @@ def seed_worker_runs(
         "notes",
         "selected_retries",
         "actor_verified",
+        "state",
     )
     policy = json.dumps(
         {
@@ -637,6 +638,7 @@ def seed_worker_runs(
                 ),
                 json.dumps(selected_docs, sort_keys=True, separators=(",", ":")),
                 0,
+                "finished",
             )
 
     connection = sqlite3.connect(database_path, isolation_level=None)

@@ -166,6 +166,13 @@ class PluginHost:
         self._decide = self._plans["cavra_decide_eligibility"]
         self._schedule = self._plans["cavra_schedule_retry"]
         self._narrow = self._plans["cavra_narrow_window"]
+        # PERF(plan): the built-in default narrows a window only to keep it in
+        # the connector's delivery calendar; when no other plugin implements
+        # the hook, a connector without a schedule keeps its window unasked.
+        narrowers = manager.hook.cavra_narrow_window.get_hookimpls()
+        self._only_default_narrows = [impl.function for impl in narrowers] == [
+            default_policy.cavra_narrow_window
+        ]
         #: Reasons found well-formed so far, so that the pattern is matched
         #: once per reason rather than once per lineage.
         self._known_reasons: set[str] = set()
@@ -300,6 +307,8 @@ class PluginHost:
         self, connector: Connector, lineage: LineageFacts, window: ScheduleWindow
     ) -> ScheduleWindow:
         """Intersect every plugin's proposal; with none, ``window`` stands."""
+        if self._only_default_narrows and not connector.schedule:
+            return window
         try:
             proposals = self._narrow(connector, lineage, window)
         except Exception as exc:

@@ -30,7 +30,7 @@ from plugins_fixtures import (
 )
 
 from cavra_core import engine as engine_module
-from cavra_core import hookimpl, plan_writer
+from cavra_core import evidence, hookimpl, plan_writer
 from cavra_core.calendar import DeliveryCalendar
 from cavra_core.decisions import evaluate
 from cavra_core.default_policy import CalendarMemo
@@ -183,6 +183,18 @@ def test_plan_equals_the_plan_computed_the_obvious_way(store) -> None:
     assert writer_threads() == []
 
 
+def test_a_plans_evidence_entry_equals_its_summary_read_back(store) -> None:
+    """The decision keys hash planning computed is the one the store gives."""
+    engine = store()
+
+    summary = engine.plan_retries(plan_request(), now=NOW)
+
+    entry = evidence.latest_entry("retry_plan", summary["retry_plan_id"])
+    read_back = evidence.summary_of("retry_plan", summary["retry_plan_id"])
+    assert json.loads(entry.document) == read_back
+    assert evidence.verify_store()["intact"] is True
+
+
 def test_plan_inside_the_callers_transaction_rolls_back_with_it(store) -> None:
     """In an open transaction the plan is the caller's, so it is undone with it."""
     engine = store()
@@ -246,6 +258,32 @@ def test_a_failing_insert_reaches_the_caller_and_leaves_no_plan(
     assert RetryPlan.select().count() == 0
     assert RetryDecision.select().count() == 0
     assert writer_threads() == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_lineages_read_as_json_columns_equal_the_rows_read_plainly(store) -> None:
+    """On SQLite every batch read as JSON is the batch a plain read gives."""
+    engine = store()
+    database = engine.database
+    batch_query = engine_module.failed_lineage_batch
+
+    decoded = [
+        list(plan_writer._decode_json_rows(text))
+        for text in plan_writer._read_lineage_json(database, batch_query, 2)
+    ]
+
+    plain = list(plan_writer.read_lineage_rows(database, batch_query, 2))
+    assert decoded == plain
+    assert len(decoded) > 1
+
+
+def test_json_columns_out_of_order_come_back_by_lineage_id() -> None:
+    """The aggregate's order is not promised; the rows are sorted by lineage id."""
+    text = json.dumps([["ln_b", "ln_c", "ln_a"], [2, 3, 1], [None, "x", "y"]])
+
+    rows = list(plan_writer._decode_json_rows(text))
+
+    assert rows == [("ln_a", 1, "y"), ("ln_b", 2, None), ("ln_c", 3, "x")]
 
 
 @pytest.mark.parametrize(
