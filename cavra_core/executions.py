@@ -39,6 +39,7 @@ Approvals that do not hold (denied, revoked, expired, used, stale) give a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -598,24 +599,26 @@ class Executions:
         A revocation, a denial or an expiry that came after the claim stops
         the retry here; ``""`` when it may go.
         """
-        newest = self.engine.approvals.latest_words([claim.row.lineage_id]).get(
-            claim.row.lineage_id
-        )
+        database = self.engine.database
+        # PERF(workers): one prepared statement per send; building it with
+        # the query builder cost more than running it.
+        newest = database.execute_sql(
+            _latest_word_sql(database.param), (claim.row.lineage_id,)
+        ).fetchone()
         if newest is None:
             return "approval_stale"
-        if newest.approval.approval_id != claim.row.approval_id:
-            if newest.approval.verdict != "approve":
+        if newest[0] != claim.row.approval_id:
+            if newest[1] != "approve":
                 return "denied"
-            approval = Approval.get_or_none(
-                Approval.approval_id == claim.row.approval_id
-            )
-        else:
-            approval = newest.approval
-        if approval is None:
-            return "approval_stale"
-        if approval.revoked_at is not None:
+            newest = database.execute_sql(
+                _approval_sql(database.param), (claim.row.approval_id,)
+            ).fetchone()
+            if newest is None:
+                return "approval_stale"
+        _, _, revoked_at, expires_at = newest
+        if revoked_at is not None:
             return "approval_revoked"
-        if approval.expires_at <= now:
+        if expires_at <= store.to_micros(now):
             return "approval_expired"
         return ""
 
@@ -976,6 +979,33 @@ def reconnect(database: peewee.Database) -> None:
         database.connect(reuse_if_open=True)  # still away: the caller tries later
     if not database._state.ctx:
         database._state.ctx.extend(contexts)
+
+
+@functools.cache
+def _latest_word_sql(param: str) -> str:
+    """
+    The approval of the latest word on a lineage: id, verdict, revoked, expires.
+
+    ``param`` is the driver's placeholder (``?`` or ``%s``).
+    """
+    item = ApprovalItem._meta.table_name
+    approval = Approval._meta.table_name
+    return (
+        f'SELECT a."approval_id", a."verdict", a."revoked_at", a."expires_at" '
+        f'FROM "{item}" AS i JOIN "{approval}" AS a '
+        f'ON a."approval_id" = i."approval_id" '
+        f'WHERE i."lineage_id" = {param} '
+        f'ORDER BY i."created_at" DESC, i."approval_id" DESC LIMIT 1'
+    )
+
+
+@functools.cache
+def _approval_sql(param: str) -> str:
+    """One approval's id, verdict, revocation and expiry."""
+    return (
+        f'SELECT "approval_id", "verdict", "revoked_at", "expires_at" '
+        f'FROM "{Approval._meta.table_name}" WHERE "approval_id" = {param}'
+    )
 
 
 def _skipped_changes(reason: str, now: datetime) -> dict[str, Any]:

@@ -360,3 +360,42 @@ def test_reconnecting_keeps_the_callers_connection_context(engine) -> None:
         reconnect(database)
         assert Execution.select().count() == 0
     assert database.is_closed()
+
+
+def test_a_denial_after_the_claim_stops_the_send(engine, fake) -> None:
+    approved_due(engine, 1)
+    leases = Leases(worker_id="worker-a")
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
+    engine.approvals.create(
+        plan["retry_plan_id"],
+        {"all_retry_decisions": True, "verdict": "deny", "reason": "hold it"},
+        actor=APPROVER,
+        now=DUE + timedelta(seconds=1),
+    )
+
+    later = DUE + timedelta(seconds=2)
+    engine.executions._send_batch(
+        claims, leases, APPROVER, lambda: later, lambda: False
+    )
+
+    assert fake.deliveries == []
+    (row,) = executions()
+    assert (row.outcome, row.skipped_reason) == ("skipped", "denied")
+
+
+def test_an_expiry_after_the_claim_stops_the_send(engine, fake) -> None:
+    approved_due(engine, 1)
+    leases = Leases(worker_id="worker-a")
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+
+    past_expiry = DUE + timedelta(days=2)
+    engine.executions._send_batch(
+        claims, leases, APPROVER, lambda: past_expiry, lambda: False
+    )
+
+    assert fake.deliveries == []
+    (row,) = executions()
+    assert (row.outcome, row.skipped_reason) == ("skipped", "approval_expired")
