@@ -42,6 +42,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -89,9 +90,14 @@ DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 _CHUNK = 200
 
 
+#: What a worker id may be: it is shown in executions, logs and the API.
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+
+
 def default_worker_id() -> str:
     """``host:pid``: which process holds a lease, readable in the executions."""
-    return f"{socket.gethostname()[:80]}:{os.getpid()}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:80] or "host"
+    return f"{host.lstrip('._-') or 'host'}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,11 @@ class Leases:
     batch_size: int = 20
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.worker_id) <= 100:
-            raise ValueError("worker_id must be 1 to 100 characters")
+        if not WORKER_ID.fullmatch(self.worker_id):
+            raise ValueError(
+                "worker_id must be 1 to 100 letters, digits, '.', '_', ':' or '-', "
+                "starting with a letter or digit (a host name and a number, say)"
+            )
         if not 1 <= self.lease_seconds <= 3600:
             raise ValueError("lease_seconds must be between 1 and 3600")
         if not 1 <= self.batch_size <= 1000:

@@ -40,7 +40,7 @@ from cavra_core import (
     validation,
 )
 from cavra_core.engine import MAX_SERVICE_DELIVERIES
-from cavra_core.executions import Leases, default_worker_id
+from cavra_core.executions import WORKER_ID, Leases, default_worker_id
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import (
     DEFAULT_DATABASE_URL,
@@ -707,8 +707,11 @@ def command_worker_serve(arguments: argparse.Namespace) -> int:
         raise CavraError("--lease must be between 1 and 3600 seconds")
     if not 1 <= arguments.batch <= 1000:
         raise CavraError("--batch must be between 1 and 1000")
-    if arguments.worker_id is not None and not 1 <= len(arguments.worker_id) <= 100:
-        raise CavraError("--worker-id must be 1 to 100 characters")
+    if arguments.worker_id is not None and not WORKER_ID.fullmatch(arguments.worker_id):
+        raise CavraError(
+            "--worker-id must be 1 to 100 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
     leases = Leases(
         worker_id=arguments.worker_id or default_worker_id(),
         lease_seconds=arguments.lease,

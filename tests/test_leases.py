@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 
@@ -18,7 +19,14 @@ from plugins_fixtures import (
 )
 
 from cavra_core import store
-from cavra_core.executions import LEASE_RESCUES, Leases, extend_leases, reconnect
+from cavra_core.executions import (
+    LEASE_RESCUES,
+    WORKER_ID,
+    Leases,
+    default_worker_id,
+    extend_leases,
+    reconnect,
+)
 from cavra_core.identity import Actor
 from cavra_core.store import DeliveryAttempt, Execution, WorkerRun
 
@@ -319,6 +327,8 @@ def test_extend_leases_touches_only_the_given_claims_of_the_worker(
     ("field", "value"),
     [
         ("worker_id", ""),
+        ("worker_id", "https://user:secret@host"),
+        ("worker_id", "x" * 101),
         ("lease_seconds", 0.5),
         ("batch_size", 0),
         ("batch_size", 1001),
@@ -399,3 +409,18 @@ def test_an_expiry_after_the_claim_stops_the_send(engine, fake) -> None:
     assert fake.deliveries == []
     (row,) = executions()
     assert (row.outcome, row.skipped_reason) == ("skipped", "approval_expired")
+
+
+@pytest.mark.parametrize(
+    "host", ["db-1.example.net", "höst name/with spaces", "", "..."]
+)
+def test_the_default_worker_id_is_a_valid_one_whatever_the_host_name(
+    monkeypatch, host
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: host)
+
+    worker_id = default_worker_id()
+
+    assert WORKER_ID.fullmatch(worker_id)
+    assert worker_id.endswith(f":{os.getpid()}")
+    Leases(worker_id=worker_id)
