@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import peewee
 import pytest
+from playhouse.migrations import Runner
 from plugins_fixtures import (
     T0,
     Clock,
@@ -424,3 +425,24 @@ def test_the_default_worker_id_is_a_valid_one_whatever_the_host_name(
     assert WORKER_ID.fullmatch(worker_id)
     assert worker_id.endswith(f":{os.getpid()}")
     Leases(worker_id=worker_id)
+
+
+def test_the_lease_migration_makes_claims_left_by_older_workers_rescuable(
+    engine,
+) -> None:
+    database = engine.database
+    runner = Runner(database, directory=str(store.MIGRATIONS_DIR))
+    assert runner.down() == ["0006_leases"]
+    database.execute_sql(
+        "INSERT INTO execution (execution_id, run_id, decision_id, lineage_id, "
+        "package_id, connector_id, attempt_number, claim_key, outcome, started_at, "
+        "duration_ms) VALUES ('ex_a', 'wr_a', 'rd_a', 'lin_a', 'p', "
+        "'hook-a', 2, 'lin_a:2', 'claimed', 1, 0)"
+    )
+
+    assert store.migrate(database) == ["0006_leases"]
+
+    (row,) = executions()
+    assert (row.outcome, row.lease_owner, row.rescue_count) == ("claimed", None, 0)
+    assert store.to_micros(row.lease_expires_at) == 0
+    assert WorkerRun.select().where(WorkerRun.state != "finished").count() == 0

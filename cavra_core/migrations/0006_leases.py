@@ -4,7 +4,7 @@ A live run queues its approved retries as executions; a worker claims a
 batch of them under a lease (its id and an expiry) and extends the lease
 while the deliveries are in hand. An expired lease is rescued by any worker.
 Worker runs gain a state, so workers joining a window's run know when the
-window's work is done.
+window's work is done. Claims left from before are made rescuable.
 """
 
 from peewee import BigIntegerField, CharField, IntegerField
@@ -27,6 +27,13 @@ def up(migrator, db):
         migrator.add_column(
             "worker_run", "state", CharField(max_length=20, default="finished")
         ),
+    )
+    # A claim left by a worker that stopped between sending and recording,
+    # before leases existed, is taken as an expired lease: the next live
+    # worker rescues it (sending again under the lineage's event id, unless
+    # the attempt has been recorded meanwhile).
+    db.execute_sql(
+        "UPDATE execution SET lease_expires_at = 0 WHERE outcome = 'claimed'"
     )
 
 
