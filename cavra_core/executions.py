@@ -307,13 +307,12 @@ class Executions:
                 items = items.for_update()
             unused = {item_id for (item_id,) in items.tuples()}
             rows = []
+            used_by: list[tuple[int, str]] = []
             for decision, word in free:
                 if word.item.id not in unused:
                     continue
                 execution_id = self.engine.new_id("ex")
-                ApprovalItem.update(used_at=now, execution_id=execution_id).where(
-                    ApprovalItem.id == word.item.id
-                ).execute()
+                used_by.append((word.item.id, execution_id))
                 rows.append(
                     {
                         "execution_id": execution_id,
@@ -333,6 +332,11 @@ class Executions:
                     }
                 )
                 queued[execution_id] = decision
+            if used_by:
+                # One statement for the chunk: each item gets its execution.
+                ApprovalItem.update(
+                    used_at=now, execution_id=peewee.Case(ApprovalItem.id, used_by)
+                ).where(ApprovalItem.id.in_([item for item, _ in used_by])).execute()
             for approval_id, count in _count_by(
                 row["approval_id"] for row in rows
             ).items():
