@@ -1399,6 +1399,19 @@ class Engine:
                 f"({sum(1 for s in selected if s['outcome'] == 'delivered')} "
                 "delivered)."
             )
+            if live.in_hand:
+                notes.append(
+                    f"{live.in_hand} due retries were already queued or being "
+                    "sent under their approval by an earlier run; any live "
+                    "worker sends them."
+                )
+            if live.sent_for_others:
+                notes.append(
+                    f"This run's worker also sent {live.sent_for_others} retries "
+                    "queued by earlier runs (left queued, or rescued from a "
+                    "worker whose lease ran out); their executions name those "
+                    "runs."
+                )
             if unapproved:
                 notes.append(
                     f"{unapproved} due retries have no usable approval; approve "

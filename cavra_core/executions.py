@@ -84,6 +84,8 @@ LEASE_RESCUES = "lease_rescues:"
 PENDING = ("queued", "claimed")
 #: How long a worker waiting for others' claims sleeps between looks.
 POLL_SECONDS = 0.2
+#: What the check before a send says when the claim is no longer this worker's.
+LEASE_LOST = "lease_lost"
 #: What a lost connection or a busy store raises; a worker waits and goes on.
 DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 #: Queue writes go in chunks of this many executions.
@@ -136,10 +138,14 @@ class LiveResult(NamedTuple):
     selected_count: int
     executed: int
     not_approved: int
+    #: Due retries whose approval is in use: queued or being sent already.
+    in_hand: int
     skipped_by_reason: dict[str, int]
     left_for_later: int
     #: Queued retries of this run still unsent when it was asked to stop.
     still_queued: int = 0
+    #: Retries of other runs (left queued, or rescued) this run's worker sent.
+    sent_for_others: int = 0
 
 
 class _Claim(NamedTuple):
@@ -196,6 +202,7 @@ class Executions:
         skipped_by_reason: dict[str, int] = {}
         selected: list[dict[str, Any]] = []
         not_approved = 0
+        in_use: list[str] = []
         for decision in due:
             word = words.get(decision.lineage_id)
             lineage = lineages.get(decision.lineage_id)
@@ -206,9 +213,9 @@ class Executions:
                 word, lineage, plan_hashes.get(word.approval.retry_plan_id, ""), now
             )
             if reason == "approval_used":
-                # The approval served its attempt (or it is queued); the next
-                # attempt needs a new word.
-                not_approved += 1
+                # The approval is queued or being sent already, or it served
+                # an earlier attempt (the next one needs a new word).
+                in_use.append(word.item.execution_id or "")
                 continue
             if reason:
                 skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + 1
@@ -226,7 +233,9 @@ class Executions:
         if len(by_execution) < len(taken):
             # Another run queued or sent these attempts first.
             skipped_by_reason["already_claimed"] = len(taken) - len(by_execution)
-        self.work(leases, actor, clock, run_id=run_id, stop=stop)
+        # Counted before this worker sends anything: what other runs left.
+        in_hand = _count_pending(in_use)
+        sent = self.work(leases, actor, clock, run_id=run_id, stop=stop)
 
         executed = 0
         still_queued = 0
@@ -242,10 +251,12 @@ class Executions:
             selected=selected,
             selected_count=len(taken),
             executed=executed,
-            not_approved=not_approved,
+            not_approved=not_approved + len(in_use) - in_hand,
+            in_hand=in_hand,
             skipped_by_reason=skipped_by_reason,
             left_for_later=max(0, len(approved) - limit),
             still_queued=still_queued,
+            sent_for_others=max(0, sent - executed),
         )
 
     def preview(self, due: Sequence[Decision], now: datetime) -> dict[str, str]:
@@ -411,6 +422,10 @@ class Executions:
                     break
                 time.sleep(POLL_SECONDS)
         return sent
+
+    def pending(self, run_id: str) -> bool:
+        """Whether some execution of the run is still queued or claimed."""
+        return self._pending(run_id)
 
     def _pending(self, run_id: str) -> bool:
         return (
@@ -580,7 +595,17 @@ class Executions:
                 continue
             started_at = clock()
             try:
-                reason = self._still_holds(claim, started_at)
+                reason = self._still_holds(claim, leases, started_at)
+                if reason == LEASE_LOST:
+                    # Another worker holds it now and sends it; nothing to do.
+                    log.warning(
+                        "lease lost before sending execution_id=%s lineage_id=%s "
+                        "worker_id=%s",
+                        claim.row.execution_id,
+                        claim.row.lineage_id,
+                        leases.worker_id,
+                    )
+                    continue
                 if reason:
                     done.append((claim, None, reason))
                     continue
@@ -614,30 +639,46 @@ class Executions:
             )
         return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
-    def _still_holds(self, claim: _Claim, now: datetime) -> str:
+    def _still_holds(self, claim: _Claim, leases: Leases, now: datetime) -> str:
         """
-        Read the lineage's latest word once more just before sending.
+        Check the claim once more just before sending it.
 
-        A revocation, a denial or an expiry that came after the claim stops
-        the retry here; ``""`` when it may go.
+        ``""`` when it may go; :data:`LEASE_LOST` when the claim is no longer
+        this worker's (it was paused past its lease and another worker took
+        the claim over); else the reason to skip it: the lineage moved on
+        (another writer recorded its attempt), or a revocation, a denial or
+        an expiry came after the claim.
         """
         database = self.engine.database
+        row = claim.row
         # PERF(workers): one prepared statement per send; building it with
         # the query builder cost more than running it.
-        newest = database.execute_sql(
-            _latest_word_sql(database.param), (claim.row.lineage_id,)
+        found = database.execute_sql(
+            _pre_send_sql(database.param), (row.lineage_id, row.execution_id)
         ).fetchone()
-        if newest is None:
+        if found is None:
+            return LEASE_LOST
+        owner, expires, attempt_count, state, *word = found
+        if (
+            owner != leases.worker_id
+            or expires is None
+            or expires <= store.to_micros(now)
+        ):
+            return LEASE_LOST
+        if attempt_count + 1 != row.attempt_number or state != "failed":
             return "approval_stale"
-        if newest[0] != claim.row.approval_id:
-            if newest[1] != "approve":
+        if word[0] is None:
+            return "approval_stale"
+        if word[0] != row.approval_id:
+            if word[1] != "approve":
                 return "denied"
-            newest = database.execute_sql(
-                _approval_sql(database.param), (claim.row.approval_id,)
+            mine = database.execute_sql(
+                _approval_sql(database.param), (row.approval_id,)
             ).fetchone()
-            if newest is None:
+            if mine is None:
                 return "approval_stale"
-        _, _, revoked_at, expires_at = newest
+            word = list(mine)
+        _, _, revoked_at, expires_at = word
         if revoked_at is not None:
             return "approval_revoked"
         if expires_at <= store.to_micros(now):
@@ -958,7 +999,7 @@ class _Heartbeat:
             if not in_hand:
                 continue
             try:
-                with self.database.connection_context():
+                with store.connected(self.database):
                     extend_leases(self.leases, self.clock(), in_hand)
             except (peewee.OperationalError, peewee.InterfaceError) as error:
                 # The next beat tries again; a lease that runs out meanwhile
@@ -988,36 +1029,38 @@ def reconnect(database: peewee.Database) -> None:
     """
     Drop a connection that may be broken; open a new one if the server answers.
 
-    peewee forgets its open ``connection_context()`` blocks when a connection
-    closes; they are put back, so the block the caller runs in still closes
-    the new connection when it ends.
+    Callers hold their connection with :func:`cavra_core.store.connected`,
+    which a reconnection does not upset.
     """
-    if isinstance(database, peewee.DatabaseProxy):
-        database = database.obj
-    contexts = list(database._state.ctx)
     with contextlib.suppress(peewee.PeeweeException):
         database.close()  # it may be gone already
     with contextlib.suppress(peewee.PeeweeException):
         database.connect(reuse_if_open=True)  # still away: the caller tries later
-    if not database._state.ctx:
-        database._state.ctx.extend(contexts)
 
 
 @functools.cache
-def _latest_word_sql(param: str) -> str:
+def _pre_send_sql(param: str) -> str:
     """
-    The approval of the latest word on a lineage: id, verdict, revoked, expires.
+    Just before a send: the claim's lease, its lineage's progress and the
+    lineage's latest word (approval id, verdict, revoked, expires), in one
+    statement. Parameters: the lineage id, the execution id.
 
     ``param`` is the driver's placeholder (``?`` or ``%s``).
     """
+    execution = Execution._meta.table_name
+    lineage = Lineage._meta.table_name
     item = ApprovalItem._meta.table_name
     approval = Approval._meta.table_name
     return (
-        f'SELECT a."approval_id", a."verdict", a."revoked_at", a."expires_at" '
-        f'FROM "{item}" AS i JOIN "{approval}" AS a '
-        f'ON a."approval_id" = i."approval_id" '
-        f'WHERE i."lineage_id" = {param} '
-        f'ORDER BY i."created_at" DESC, i."approval_id" DESC LIMIT 1'
+        f'SELECT e."lease_owner", e."lease_expires_at", l."attempt_count", '
+        f'l."state", w."approval_id", w."verdict", w."revoked_at", w."expires_at" '
+        f'FROM "{execution}" AS e '
+        f'JOIN "{lineage}" AS l ON l."lineage_id" = e."lineage_id" '
+        f'LEFT JOIN (SELECT a."approval_id", a."verdict", a."revoked_at", '
+        f'a."expires_at" FROM "{item}" AS i JOIN "{approval}" AS a '
+        f'ON a."approval_id" = i."approval_id" WHERE i."lineage_id" = {param} '
+        f'ORDER BY i."created_at" DESC, i."approval_id" DESC LIMIT 1) AS w ON 1 = 1 '
+        f'WHERE e."execution_id" = {param}'
     )
 
 
@@ -1111,6 +1154,12 @@ def lineages_with_words() -> set[str]:
         .distinct()
         .tuples()
     }
+
+
+def _count_pending(execution_ids: Sequence[str]) -> int:
+    """How many of these executions are still queued or claimed."""
+    wanted = [execution_id for execution_id in execution_ids if execution_id]
+    return sum(row.outcome in PENDING for row in _executions(wanted))
 
 
 def _executions(execution_ids: Iterable[str]) -> Iterator[Execution]:

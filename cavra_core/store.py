@@ -588,6 +588,24 @@ def counter_batch() -> Iterator[None]:
         _write_counters(dict(sorted(changes.items())))
 
 
+@contextlib.contextmanager
+def connected(database: peewee.Database) -> Iterator[None]:
+    """
+    Hold a connection for the block; close whatever connection is open after.
+
+    Unlike peewee's ``connection_context()``, it survives a reconnection in
+    the block (a worker that lost its database opens a new connection, and
+    peewee forgets the contexts it had).
+    """
+    database.connect(reuse_if_open=True)
+    try:
+        yield
+    finally:
+        if not database.is_closed():
+            with contextlib.suppress(peewee.PeeweeException):
+                database.close()
+
+
 def bump_counters(changes: dict[str, int]) -> None:
     """Add to named counters inside the caller's transaction (or its batch)."""
     batch = getattr(_batches, "current", None)

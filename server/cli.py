@@ -700,7 +700,7 @@ def command_worker_serve(arguments: argparse.Namespace) -> int:
     elif arguments.interval_minutes is not None:
         schedule = every(f"{arguments.interval_minutes}m")
     else:
-        schedule = every(arguments.every or "60m")
+        schedule = every("60m" if arguments.every is None else arguments.every)
     if not 1 <= arguments.max_retry_deliveries <= MAX_SERVICE_DELIVERIES:
         raise CavraError(f"--max must be between 1 and {MAX_SERVICE_DELIVERIES}")
     if not 1 <= arguments.lease <= 3600:

@@ -37,13 +37,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import peewee
 from croniter import croniter
 
-from cavra_core import CavraError, Conflict, Engine
+from cavra_core import CavraError, Conflict, Engine, store
 from cavra_core.executions import Leases
 from cavra_core.store import from_micros, to_micros
 
@@ -232,7 +232,7 @@ class WorkerService:
             },
         }
         try:
-            with self.engine.database.connection_context():
+            with store.connected(self.engine.database):
                 self.engine.run_worker(
                     request,
                     window=window,
@@ -276,14 +276,20 @@ class WorkerService:
         engine = self.engine
         actor = engine.actor_of(self.request, None)
         try:
-            with engine.database.connection_context():
+            with store.connected(engine.database):
                 run_id = engine.window_run_id(window)
 
                 def finished() -> bool:
+                    # The run is done when its owner recorded it and none of
+                    # its retries is left queued or claimed (a dead worker's
+                    # claims are rescued once their lease runs out).
                     return (
                         self.clock() >= window[1]
                         or run_id is None
-                        or engine.run_state(run_id) != "running"
+                        or (
+                            engine.run_state(run_id) != "running"
+                            and not engine.executions.pending(run_id)
+                        )
                     )
 
                 sent = engine.executions.work(
@@ -307,13 +313,48 @@ class WorkerService:
         )
         return sent
 
+    def rescue(self) -> int:
+        """
+        Send what is left in the queue and what dead workers held, now.
+
+        A live service does this between windows, every lease, so a claim
+        whose worker died is rescued one lease after it ran out, not at the
+        next window; the number sent.
+        """
+        engine = self.engine
+        try:
+            with store.connected(engine.database):
+                return engine.executions.work(
+                    self.leases,
+                    engine.actor_of(self.request, None),
+                    stop=self.stopping.is_set,
+                )
+        except (CavraError, peewee.PeeweeException) as error:
+            log.error("rescuing claims failed error=%s", type(error).__name__)
+            return 0
+
     def _wait_until(self, moment: datetime) -> bool:
-        """Sleep until ``moment``; False when asked to stop first."""
+        """
+        Sleep until ``moment``; False when asked to stop first.
+
+        A live service looks for expired claims and leftovers every lease
+        while it waits (see :meth:`rescue`).
+        """
+        every = self.leases.lease_seconds
+        next_rescue = self.clock() + timedelta(seconds=every)
         while not self.stopping.is_set():
-            remaining = (moment - self.clock()).total_seconds()
+            now = self.clock()
+            remaining = (moment - now).total_seconds()
             if remaining <= 0:
                 return True
-            self.stopping.wait(min(remaining, LONGEST_WAIT_SECONDS))
+            if self.live and now >= next_rescue:
+                self.rescue()
+                next_rescue = self.clock() + timedelta(seconds=every)
+                continue
+            wait = min(remaining, LONGEST_WAIT_SECONDS)
+            if self.live:
+                wait = min(wait, max(0.0, (next_rescue - now).total_seconds()))
+            self.stopping.wait(wait)
         return False
 
     @contextmanager

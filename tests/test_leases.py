@@ -349,11 +349,11 @@ def test_a_database_error_mid_batch_records_what_was_sent_and_requeues_the_rest(
     checks = []
     still_holds = executions_._still_holds
 
-    def flaky(claim, now):
+    def flaky(claim, leases, now):
         checks.append(claim.row.execution_id)
         if len(checks) == 2:
             raise peewee.OperationalError("server closed the connection unexpectedly")
-        return still_holds(claim, now)
+        return still_holds(claim, leases, now)
 
     monkeypatch.setattr(executions_, "_still_holds", flaky)
     sent = executions_.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE)
@@ -364,12 +364,13 @@ def test_a_database_error_mid_batch_records_what_was_sent_and_requeues_the_rest(
     assert all(row.rescue_count == 0 for row in executions())
 
 
-def test_reconnecting_keeps_the_callers_connection_context(engine) -> None:
+def test_a_connection_held_by_connected_survives_a_reconnection(engine) -> None:
     database = engine.database
     database.close()
-    with database.connection_context():
+    with store.connected(database):
         reconnect(database)
-        assert Execution.select().count() == 0
+        database.close()  # gone, as when the server went away
+        assert Execution.select().count() == 0  # peewee connects again
     assert database.is_closed()
 
 
@@ -403,6 +404,8 @@ def test_an_expiry_after_the_claim_stops_the_send(engine, fake) -> None:
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
 
     past_expiry = DUE + timedelta(days=2)
+    # The heartbeat kept the claim all along.
+    extend_leases(leases, past_expiry, [claims[0].row.execution_id])
     engine.executions._send_batch(
         claims, leases, APPROVER, lambda: past_expiry, lambda: False
     )
@@ -446,3 +449,55 @@ def test_the_lease_migration_makes_claims_left_by_older_workers_rescuable(
     assert (row.outcome, row.lease_owner, row.rescue_count) == ("claimed", None, 0)
     assert store.to_micros(row.lease_expires_at) == 0
     assert WorkerRun.select().where(WorkerRun.state != "finished").count() == 0
+
+
+def test_a_worker_whose_claim_was_taken_over_does_not_send_it(engine, fake) -> None:
+    approved_due(engine, 2)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    paused = Leases(worker_id="worker-paused", lease_seconds=30)
+    claims = engine.executions._claim_batch(paused, APPROVER, DUE)
+    # The worker froze past its lease; another one rescued and sent the batch.
+    later = DUE + timedelta(seconds=40)
+    rescuer = Leases(worker_id="worker-b", lease_seconds=30)
+    engine.executions.work(rescuer, APPROVER, lambda: later)
+    assert len(fake.deliveries) == 2
+
+    # Waking up, the frozen worker sends nothing of what it no longer holds.
+    count, failure = engine.executions._send_batch(
+        claims, paused, APPROVER, lambda: later, lambda: False
+    )
+
+    assert (count, failure) == (0, None)
+    assert len(fake.deliveries) == 2
+    assert {row.worker_id for row in executions()} == {"worker-b"}
+
+
+def test_an_expired_claim_is_not_sent_even_before_anyone_rescues_it(
+    engine, fake
+) -> None:
+    approved_due(engine, 1)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    leases = Leases(worker_id="worker-a", lease_seconds=30)
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+
+    late = DUE + timedelta(seconds=31)
+    engine.executions._send_batch(claims, leases, APPROVER, lambda: late, lambda: False)
+
+    assert fake.deliveries == []
+    (row,) = executions()
+    assert row.outcome == "claimed"  # left for whoever rescues it
+
+
+def test_a_lineage_that_moved_on_after_the_claim_is_not_sent(engine, fake) -> None:
+    approved_due(engine, 1)
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    leases = Leases(worker_id="worker-a")
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    # Another writer records the lineage's next attempt meanwhile.
+    record_failure(engine, DUE, evidence=package("drill-0"))
+
+    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+
+    assert fake.deliveries == []
+    (row,) = executions()
+    assert (row.outcome, row.skipped_reason) == ("skipped", "approval_stale")
