@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ from cavra_core.executions import (
 )
 from cavra_core.identity import Actor
 from cavra_core.store import DeliveryAttempt, Execution, WorkerRun
+from cavra_server.worker_service import WorkerService, every
 
 PLANNER = Actor("rm-alice", True, "release_manager")
 APPROVER = Actor("po-bob", True, "platform_owner")
@@ -501,3 +503,44 @@ def test_a_lineage_that_moved_on_after_the_claim_is_not_sent(engine, fake) -> No
     assert fake.deliveries == []
     (row,) = executions()
     assert (row.outcome, row.skipped_reason) == ("skipped", "approval_stale")
+
+
+def test_a_live_service_rescues_expired_claims_between_windows(
+    engine, fake, clock
+) -> None:
+    approved_due(engine, 2)
+    fake.crashes = 1
+    with pytest.raises(Crash):
+        live_run(engine, DUE, "worker-dead")
+    assert {row.outcome for row in executions()} == {"claimed"}
+    engine.database.close()
+
+    # The engine's clock is past the claims' lease. A service whose next
+    # window is an hour away (by its own clock), with a one-second lease,
+    # does not wait for that window to take the dead worker's claims over.
+    clock.now = DUE + timedelta(seconds=40)
+    service = WorkerService(
+        engine,
+        every("1h"),
+        {"dry_run": False, "generated_by": APPROVER.name},
+        leases=Leases(worker_id="worker-b", lease_seconds=1),
+    )
+    thread = threading.Thread(target=service.serve, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with store.connected(engine.database):
+                rows = executions()
+            if all(row.outcome != "claimed" for row in rows):
+                break
+            time.sleep(0.2)
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    with store.connected(engine.database):
+        rows = executions()
+    assert [(row.outcome, row.rescue_count) for row in rows] == [("delivered", 1)] * 2
+    assert {row.worker_id for row in rows} == {"worker-b"}
+    assert WorkerRun.select().where(WorkerRun.trigger == "schedule").count() == 0
