@@ -215,10 +215,12 @@ class Engine:
         clock=None,
         four_eyes: bool | None = None,
     ) -> None:
+        # An empty URL given on purpose is a mistake to report, not a reason
+        # to fall back on the default store.
         self.database_url = (
             database_url
-            or os.environ.get("CAVRA_DATABASE_URL")
-            or store.DEFAULT_DATABASE_URL
+            if database_url is not None
+            else os.environ.get("CAVRA_DATABASE_URL") or store.DEFAULT_DATABASE_URL
         )
         self.clock = clock or (lambda: datetime.now(UTC))
         self.plugin_manager = build_plugin_manager(

@@ -712,7 +712,9 @@ class Executions:
                     write()
                 return
             except DATABASE_ERRORS as error:
-                if time.monotonic() >= deadline:
+                # At least three tries: on SQLite one try may wait out the
+                # whole busy timeout for another writer's lock.
+                if time.monotonic() >= deadline and tries >= 3:
                     log.error(
                         "%s worker_id=%s executions=%s error=%s",
                         failed,

@@ -656,10 +656,15 @@ def open_database(url: str | None = None) -> peewee.Database:
 
     A SQLite file's folder is created on first use.
     """
-    url = url or DEFAULT_DATABASE_URL
+    url = DEFAULT_DATABASE_URL if url is None else url
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         path = url[len("sqlite:///") :]
+        if not path:
+            raise StoreError(
+                "a SQLite URL needs a file: sqlite:///PATH (sqlite:///:memory: "
+                "for a store that lasts as long as the process)"
+            )
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         database = peewee.SqliteDatabase(

@@ -542,10 +542,10 @@ def command_api(arguments: argparse.Namespace) -> int:
 
 
 def command_migrate(arguments: argparse.Namespace) -> int:
-    url = arguments.database or os.environ.get("CAVRA_DATABASE_URL")
+    url = _database_url(arguments)
     database = open_database(url)
     applied = migrate(database)
-    where = describe_url(url or "sqlite:///.cavra/cavra.db")
+    where = describe_url(url)
     if applied:
         print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
@@ -555,11 +555,12 @@ def command_migrate(arguments: argparse.Namespace) -> int:
 
 def _database_url(arguments: argparse.Namespace) -> str:
     """The store a command uses: ``--database``, the environment or the default."""
-    return (
-        getattr(arguments, "database", None)
-        or os.environ.get("CAVRA_DATABASE_URL")
-        or DEFAULT_DATABASE_URL
-    )
+    given = getattr(arguments, "database", None)
+    if given is not None:
+        # An empty --database is a mistake (an unset variable in a script,
+        # say), reported by the store rather than read as "the default".
+        return given
+    return os.environ.get("CAVRA_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def _open_store(

@@ -948,6 +948,22 @@ def test_migrate_still_makes_a_new_store_and_its_folder(tmp_path, capsys) -> Non
     assert status == 0 and store.is_file()
 
 
+@pytest.mark.parametrize(
+    ("url", "words"), [("", "scheme ''"), ("sqlite:///", "needs a file")]
+)
+@pytest.mark.parametrize("command", [["migrate"], ["worker", "runs"]])
+def test_an_empty_database_url_is_refused_not_read_as_the_default(
+    tmp_path, monkeypatch, capsys, url, words, command
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    status = main([*command, "--database", url])
+
+    assert status == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / ".cavra").exists()
+
+
 def _unusable_stores(tmp_path: Path) -> dict[str, Path]:
     not_a_database = tmp_path / "passwd"
     not_a_database.write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
