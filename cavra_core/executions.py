@@ -18,9 +18,11 @@ so that several workers can share it and a worker that dies loses nothing:
    While the deliveries are in hand a heartbeat extends the lease. A lease
    that expired (its worker died or lost the database) is rescued by the
    next worker that claims: the execution is claimed again and sent again.
-3. **send**: just before each delivery the approval is read once more, so a
-   revocation or denial stops every retry not yet on the wire. The
-   delivery carries the lineage's stable event id.
+3. **send**: just before each delivery one statement checks that the
+   worker still holds the claim (a worker frozen past its lease sends
+   nothing another worker took over), that the lineage has not moved on,
+   and the latest word, so a revocation or denial stops every retry not
+   yet on the wire. The delivery carries the lineage's stable event id.
 4. **record**: the outcomes of a batch, the attempts on their lineages
    (delivered: recovered; failed: one more attempt; the last allowed one
    failed: exhausted) and their evidence entries are written in the one
@@ -149,10 +151,9 @@ class LiveResult(NamedTuple):
 
 
 class _Claim(NamedTuple):
-    """An execution this worker holds, with what it needs to send it."""
+    """An execution this worker holds, with its lineage as claimed."""
 
     row: Execution
-    word: Word
     lineage: Lineage
 
 
@@ -489,13 +490,13 @@ class Executions:
                     )
             claims = []
             lineages = _lineages(row.lineage_id for row in rows)
-            checked = zip(rows, self._words_of(rows, lineages, now), strict=True)
-            for row, (word, reason) in checked:
+            checked = zip(rows, self._skip_reasons(rows, lineages, now), strict=True)
+            for row, reason in checked:
                 row.lease_owner = leases.worker_id
                 if reason:
                     self._finish_skipped(row, reason, actor, now)
                 else:
-                    claims.append(_Claim(row, word, lineages[row.lineage_id]))
+                    claims.append(_Claim(row, lineages[row.lineage_id]))
             return claims
 
     def _claimable(self, condition: peewee.Expression, limit: int) -> list[Execution]:
@@ -511,11 +512,11 @@ class Executions:
             query = query.for_update(skip_locked=True)
         return list(query)
 
-    def _words_of(
+    def _skip_reasons(
         self, rows: Sequence[Execution], lineages: Mapping[str, Lineage], now: datetime
-    ) -> list[tuple[Word | None, str]]:
+    ) -> list[str]:
         """
-        For each execution, its approval's word and why it no longer holds.
+        For each execution, why its approval no longer holds, or ``""``.
 
         The approval rows are locked for share on PostgreSQL, so a
         revocation waits for the claim or the claim sees the revocation.
@@ -535,13 +536,13 @@ class Executions:
         }
         latest = self.engine.approvals.latest_words(row.lineage_id for row in rows)
         plan_hashes = _plan_hashes(a.retry_plan_id for a in approval_of.values())
-        found: list[tuple[Word | None, str]] = []
+        found: list[str] = []
         for row in rows:
             approval = approval_of.get(row.approval_id)
             item = items.get((row.approval_id, row.lineage_id))
             lineage = lineages.get(row.lineage_id)
             if approval is None or item is None or lineage is None:
-                found.append((None, "approval_stale"))
+                found.append("approval_stale")
                 continue
             word = Word(approval, item)
             newest = latest.get(row.lineage_id)
@@ -550,10 +551,10 @@ class Executions:
                 and newest.approval.approval_id != row.approval_id
                 and newest.approval.verdict != "approve"
             ):
-                found.append((word, "denied"))
+                found.append("denied")
                 continue
             if lineage.attempt_count + 1 != row.attempt_number:
-                found.append((word, "approval_stale"))
+                found.append("approval_stale")
                 continue
             reason = skip_reason(
                 word,
@@ -562,7 +563,7 @@ class Executions:
                 now,
                 claimed_by=row.execution_id,
             )
-            found.append((word, reason))
+            found.append(reason)
         return found
 
     def _send_batch(
