@@ -2327,6 +2327,7 @@ def _run_document_from(record: Mapping[str, Any]) -> dict[str, Any]:
         "run_id": record["run_id"],
         "dry_run": record["dry_run"],
         "trigger": record["trigger"],
+        "state": record.get("state") or "finished",
         "schedule": {
             "interval_minutes": record["interval_minutes"],
             "window_start": iso(record["window_start"]),

@@ -126,6 +126,7 @@ def test_a_live_run_queues_claims_and_releases_every_retry(engine, fake) -> None
     assert all(row.rescue_count == 0 and row.due_at is not None for row in rows)
     assert sorted(event_ids(fake)) == sorted(lineages)
     assert WorkerRun.get_by_id(run["run_id"]).state == "finished"
+    assert run["state"] == "finished"
     documents = engine.executions.list(run_id=run["run_id"])["items"]
     assert {d["worker_id"] for d in documents} == {"worker-a"}
     assert {d["rescue_count"] for d in documents} == {0}
@@ -140,7 +141,10 @@ def test_a_dead_workers_claims_are_rescued_after_their_lease(
     with pytest.raises(Crash):
         live_run(engine, DUE, "worker-a")
 
-    # The worker died holding the whole batch: nothing recorded, all claimed.
+    # The worker died holding the whole batch: nothing recorded, all claimed,
+    # and its run shows it never finished.
+    (dead_run,) = engine.list_runs(dry_run=False)["items"]
+    assert dead_run["state"] == "running"
     rows = executions()
     assert [row.outcome for row in rows] == ["claimed"] * 3
     assert {row.lease_owner for row in rows} == {"worker-a"}
