@@ -95,6 +95,22 @@ def approved_due(engine, count: int) -> list[str]:
     return lineages
 
 
+def queue_only(engine) -> None:
+    """A live run stopped at once: its approved retries stay queued."""
+    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+
+
+def deny_all(engine, at) -> None:
+    """A newer word on every lineage: a denial of a fresh plan's retries."""
+    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
+    engine.approvals.create(
+        plan["retry_plan_id"],
+        {"all_retry_decisions": True, "verdict": "deny", "reason": "hold it"},
+        actor=APPROVER,
+        now=at,
+    )
+
+
 def live_run(engine, now, worker_id, **options):
     return engine.run_worker(
         {"dry_run": False, "max_retry_deliveries": 100},
@@ -251,7 +267,7 @@ def test_a_stopped_run_puts_the_rest_of_its_batch_back_in_the_queue(
 def test_a_revocation_after_the_claim_stops_the_send(engine, fake) -> None:
     approved_due(engine, 2)
     leases = Leases(worker_id="worker-a")
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
     assert len(claims) == 2
 
@@ -271,14 +287,8 @@ def test_a_revocation_after_the_claim_stops_the_send(engine, fake) -> None:
 
 def test_claims_see_a_denial_given_after_queueing(engine, fake) -> None:
     approved_due(engine, 1)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
-    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
-    engine.approvals.create(
-        plan["retry_plan_id"],
-        {"all_retry_decisions": True, "verdict": "deny", "reason": "hold it"},
-        actor=APPROVER,
-        now=DUE + timedelta(seconds=1),
-    )
+    queue_only(engine)
+    deny_all(engine, DUE + timedelta(seconds=1))
 
     assert (
         engine.executions.work(
@@ -314,7 +324,7 @@ def test_extend_leases_touches_only_the_given_claims_of_the_worker(
     engine, fake
 ) -> None:
     approved_due(engine, 3)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     mine = Leases(worker_id="worker-a", batch_size=2)
     theirs = Leases(worker_id="worker-b", batch_size=1)
     in_hand, left = engine.executions._claim_batch(mine, APPROVER, DUE)
@@ -350,7 +360,7 @@ def test_a_database_error_mid_batch_records_what_was_sent_and_requeues_the_rest(
     engine, fake, monkeypatch
 ) -> None:
     lineages = approved_due(engine, 3)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     executions_ = engine.executions
     checks = []
     still_holds = executions_._still_holds
@@ -383,15 +393,9 @@ def test_a_connection_held_by_connected_survives_a_reconnection(engine) -> None:
 def test_a_denial_after_the_claim_stops_the_send(engine, fake) -> None:
     approved_due(engine, 1)
     leases = Leases(worker_id="worker-a")
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
-    plan = engine.plan_retries(plan_request(), actor=PLANNER, now=DUE)
-    engine.approvals.create(
-        plan["retry_plan_id"],
-        {"all_retry_decisions": True, "verdict": "deny", "reason": "hold it"},
-        actor=APPROVER,
-        now=DUE + timedelta(seconds=1),
-    )
+    deny_all(engine, DUE + timedelta(seconds=1))
 
     later = DUE + timedelta(seconds=2)
     engine.executions._send_batch(
@@ -406,7 +410,7 @@ def test_a_denial_after_the_claim_stops_the_send(engine, fake) -> None:
 def test_an_expiry_after_the_claim_stops_the_send(engine, fake) -> None:
     approved_due(engine, 1)
     leases = Leases(worker_id="worker-a")
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
 
     past_expiry = DUE + timedelta(days=2)
@@ -459,7 +463,7 @@ def test_the_lease_migration_makes_claims_left_by_older_workers_rescuable(
 
 def test_a_worker_whose_claim_was_taken_over_does_not_send_it(engine, fake) -> None:
     approved_due(engine, 2)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     paused = Leases(worker_id="worker-paused", lease_seconds=30)
     claims = engine.executions._claim_batch(paused, APPROVER, DUE)
     # The worker froze past its lease; another one rescued and sent the batch.
@@ -482,7 +486,7 @@ def test_an_expired_claim_is_not_sent_even_before_anyone_rescues_it(
     engine, fake
 ) -> None:
     approved_due(engine, 1)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     leases = Leases(worker_id="worker-a", lease_seconds=30)
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
 
@@ -496,7 +500,7 @@ def test_an_expired_claim_is_not_sent_even_before_anyone_rescues_it(
 
 def test_a_lineage_that_moved_on_after_the_claim_is_not_sent(engine, fake) -> None:
     approved_due(engine, 1)
-    engine.run_worker({"dry_run": False}, actor=APPROVER, now=DUE, stop=lambda: True)
+    queue_only(engine)
     leases = Leases(worker_id="worker-a")
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
     # Another writer records the lineage's next attempt meanwhile.
