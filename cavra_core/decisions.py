@@ -223,7 +223,7 @@ def evaluate(
 ) -> Decision:
     """Decide what to do with one failed lineage at ``now``."""
     if connector is None:
-        return _untimed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -241,7 +241,7 @@ def evaluate(
             connector, lineage, classification, policy, now
         )
         if eligibility.action != "retry":
-            return _untimed(
+            return _decision(
                 lineage,
                 version,
                 policy,
@@ -261,7 +261,7 @@ def evaluate(
             now,
         )
     except PluginFailure as failure:
-        return _untimed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -273,47 +273,21 @@ def evaluate(
         )
 
 
-def _untimed(
+def _decision(
     lineage: LineageFacts,
     version: int,
     policy: RetryPolicy,
     action: str,
     reason: str,
     explanation: str,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    delay_seconds: int = 0,
 ) -> Decision:
-    """A decision without a schedule window."""
+    """A decision, with its schedule window or (suppressions) without one."""
     # PERF(plan): positional, in field order: a NamedTuple built from
-    # keywords costs about three times as much. Module functions, not a
+    # keywords costs about three times as much. A module function, not a
     # closure made anew for every lineage.
-    return Decision(
-        lineage.lineage_id,
-        version,
-        lineage.package_id,
-        lineage.connector_id,
-        action,
-        reason,
-        explanation,
-        lineage.attempt_count,
-        policy.max_retry_attempts,
-        0,
-        None,
-        None,
-        lineage.failed_status_codes,
-    )
-
-
-def _timed(
-    lineage: LineageFacts,
-    version: int,
-    policy: RetryPolicy,
-    action: str,
-    reason: str,
-    explanation: str,
-    not_before: datetime,
-    not_after: datetime,
-    delay_seconds: int,
-) -> Decision:
-    """A decision with its schedule window."""
     return Decision(
         lineage.lineage_id,
         version,
@@ -342,7 +316,7 @@ def _time_decision(
     now: datetime,
 ) -> Decision:
     if base.held_by == "retry_after" and base.not_before >= base.not_after:
-        return _timed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -355,7 +329,7 @@ def _time_decision(
             base.delay_seconds,
         )
     if now >= base.not_after:
-        return _timed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -377,7 +351,7 @@ def _time_decision(
         )
     window = host.narrow_window(connector, lineage, candidate)
     if window.not_before >= window.not_after:
-        return _timed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -402,7 +376,7 @@ def _time_decision(
             because = f"the receiver asked to wait until {until}"
         else:
             because = f"the connector's delivery calendar is closed until {until}"
-        return _timed(
+        return _decision(
             lineage,
             version,
             policy,
@@ -422,7 +396,7 @@ def _time_decision(
             f"The {delay_text} backoff delay ended at {_format_time(base.not_before)}"
         )
     # Due: the window opens when the delay ended, unless a plugin moved it.
-    return _timed(
+    return _decision(
         lineage,
         version,
         policy,

@@ -48,6 +48,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -195,9 +196,7 @@ class Executions:
         is queued or claimed, or when ``stop`` says so.
         """
         leases = leases or Leases()
-        words = self.engine.approvals.latest_words(d.lineage_id for d in due)
-        lineages = _lineages(d.lineage_id for d in due if d.lineage_id in words)
-        plan_hashes = _plan_hashes(w.approval.retry_plan_id for w in words.values())
+        judged = self._judge(due, now)
 
         approved: list[tuple[Decision, Word]] = []
         skipped_by_reason: dict[str, int] = {}
@@ -205,14 +204,10 @@ class Executions:
         not_approved = 0
         in_use: list[str] = []
         for decision in due:
-            word = words.get(decision.lineage_id)
-            lineage = lineages.get(decision.lineage_id)
-            if word is None or lineage is None:
+            if decision.lineage_id not in judged:
                 not_approved += 1
                 continue
-            reason = skip_reason(
-                word, lineage, plan_hashes.get(word.approval.retry_plan_id, ""), now
-            )
+            word, reason = judged[decision.lineage_id]
             if reason == "approval_used":
                 # The approval is queued or being sent already, or it served
                 # an earlier attempt (the next one needs a new word).
@@ -262,16 +257,29 @@ class Executions:
 
     def preview(self, due: Sequence[Decision], now: datetime) -> dict[str, str]:
         """For a dry run: the lineages of ``due`` a live run would send, by approval."""
+        return {
+            lineage_id: word.approval.approval_id
+            for lineage_id, (word, reason) in self._judge(due, now).items()
+            if not reason
+        }
+
+    def _judge(
+        self, due: Sequence[Decision], now: datetime
+    ) -> dict[str, tuple[Word, str]]:
+        """
+        For each lineage of ``due`` that has a word: the latest word, and why
+        it does not let a live run send the lineage now (``""`` when it does).
+        """
         words = self.engine.approvals.latest_words(d.lineage_id for d in due)
         lineages = _lineages(words)
         plan_hashes = _plan_hashes(w.approval.retry_plan_id for w in words.values())
-        found = {}
+        judged = {}
         for lineage_id, word in words.items():
             lineage = lineages.get(lineage_id)
-            plan_hash = plan_hashes.get(word.approval.retry_plan_id, "")
-            if lineage is not None and not skip_reason(word, lineage, plan_hash, now):
-                found[lineage_id] = word.approval.approval_id
-        return found
+            if lineage is not None:
+                plan_hash = plan_hashes.get(word.approval.retry_plan_id, "")
+                judged[lineage_id] = (word, skip_reason(word, lineage, plan_hash, now))
+        return judged
 
     def _queue(
         self, run_id: str, approved: Sequence[tuple[Decision, Word]], now: datetime
@@ -349,7 +357,7 @@ class Executions:
                 ApprovalItem.update(
                     used_at=now, execution_id=peewee.Case(ApprovalItem.id, used_by)
                 ).where(ApprovalItem.id.in_([item for item, _ in used_by])).execute()
-            for approval_id, count in _count_by(
+            for approval_id, count in Counter(
                 row["approval_id"] for row in rows
             ).items():
                 Approval.update(used_count=Approval.used_count + count).where(
@@ -401,7 +409,7 @@ class Executions:
                             raise failure
                         failures = 0
                         continue
-                    more = run_id is not None and self._pending(run_id)
+                    more = run_id is not None and self.pending(run_id)
                     if until is not None:
                         more = more or not until()
                 except DATABASE_ERRORS as error:
@@ -426,9 +434,6 @@ class Executions:
 
     def pending(self, run_id: str) -> bool:
         """Whether some execution of the run is still queued or claimed."""
-        return self._pending(run_id)
-
-    def _pending(self, run_id: str) -> bool:
         return (
             Execution.select()
             .where((Execution.run_id == run_id) & Execution.outcome.in_(PENDING))
@@ -474,7 +479,7 @@ class Executions:
                 store.bump_counters(
                     {
                         f"{LEASE_RESCUES}{connector_id}": count
-                        for connector_id, count in _count_by(
+                        for connector_id, count in Counter(
                             r.connector_id for r in rescued
                         ).items()
                     }
@@ -1046,7 +1051,8 @@ def _pre_send_sql(param: str) -> str:
     """
     Just before a send: the claim's lease, its lineage's progress and the
     lineage's latest word (approval id, verdict, revoked, expires), in one
-    statement. Parameters: the lineage id, the execution id.
+    statement. Parameters: the lineage id, the execution id. The latest
+    word is taken in the order :meth:`Approvals.latest_words` uses.
 
     ``param`` is the driver's placeholder (``?`` or ``%s``).
     """
@@ -1088,13 +1094,6 @@ def _skipped_changes(reason: str, now: datetime) -> dict[str, Any]:
         "lease_owner": None,
         "lease_expires_at": None,
     }
-
-
-def _count_by(values: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 def execution_document(row: Execution) -> dict[str, Any]:
