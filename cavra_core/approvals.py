@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import peewee
 
-from cavra_core import evidence, validation
+from cavra_core import evidence, store, validation
 from cavra_core.decisions import format_time_precise
 from cavra_core.errors import (
     Conflict,
@@ -49,6 +49,9 @@ DEFAULT_EXPIRY = timedelta(hours=24)
 MAX_EXPIRY = timedelta(days=7)
 #: The most decisions one approval may cover; approve larger plans in parts.
 MAX_ITEMS = 1000
+#: Counter bumped with every approval, denial and revocation, so a worker
+#: sending a batch sees with one small read that some word changed.
+WORDS_GIVEN = "words_given"
 _CHUNK = 500
 
 #: Decisions an approval may cover: due retries, and retries waiting only for
@@ -172,6 +175,7 @@ class Approvals:
             for start in range(0, len(rows), _CHUNK):
                 ApprovalItem.insert_many(rows[start : start + _CHUNK]).execute()
             evidence.append(engine.database, "approval", approval_id, who, now)
+            store.bump_counters({WORDS_GIVEN: 1})
         log.info(
             "approval recorded approval_id=%s retry_plan_id=%s verdict=%s items=%d",
             approval_id,
@@ -330,6 +334,7 @@ class Approvals:
             evidence.append(
                 engine.database, "approval_revocation", approval_id, who, now
             )
+            store.bump_counters({WORDS_GIVEN: 1})
         log.info("approval revoked approval_id=%s", approval_id)
         return self.get(approval_id, now=now)
 

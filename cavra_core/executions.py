@@ -18,11 +18,14 @@ so that several workers can share it and a worker that dies loses nothing:
    While the deliveries are in hand a heartbeat extends the lease. A lease
    that expired (its worker died or lost the database) is rescued by the
    next worker that claims: the execution is claimed again and sent again.
-3. **send**: just before each delivery one statement checks that the
-   worker still holds the claim (a worker frozen past its lease sends
-   nothing another worker took over), that the lineage has not moved on,
-   and the latest word, so a revocation or denial stops every retry not
-   yet on the wire. The delivery carries the lineage's stable event id.
+3. **send**: before a batch's first delivery, and again before any later
+   one when :data:`RECHECK_SECONDS` have passed or a lease is near its
+   end, one statement checks every claim still to be sent: that the
+   worker still holds it (a worker frozen past its lease sends nothing
+   another worker took over), that the lineage has not moved on, and the
+   latest word, so a revocation or denial stops every retry that starts
+   more than :data:`RECHECK_SECONDS` after it. The delivery carries the
+   lineage's stable event id.
 4. **record**: the outcomes of a batch, the attempts on their lineages
    (delivered: recovered; failed: one more attempt; the last allowed one
    failed: exhausted) and their evidence entries are written in the one
@@ -57,9 +60,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import peewee
 
 from cavra_core import evidence, metrics, store, validation
-from cavra_core.approvals import SKIP_REASONS, Word, skip_reason
+from cavra_core.approvals import SKIP_REASONS, WORDS_GIVEN, Word, skip_reason
 from cavra_core.decisions import Decision, format_time_precise
-from cavra_core.errors import CavraError, NotFound
+from cavra_core.errors import NotFound
 from cavra_core.identity import Actor
 from cavra_core.paging import newest_first
 from cavra_core.store import (
@@ -89,6 +92,23 @@ PENDING = ("queued", "claimed")
 POLL_SECONDS = 0.2
 #: What the check before a send says when the claim is no longer this worker's.
 LEASE_LOST = "lease_lost"
+#: How old the check of a batch's claims may be when one of them is sent.
+RECHECK_SECONDS = 1.0
+#: The columns a batch's record writes on each execution.
+_OUTCOME_FIELDS = (
+    "outcome",
+    "skipped_reason",
+    "claim_key",
+    "error_class",
+    "http_status",
+    "attempt_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "lease_owner",
+    "lease_expires_at",
+    "evidence_sequence",
+)
 #: What a lost connection or a busy store raises; a worker waits and goes on.
 DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 #: Queue writes go in chunks of this many executions.
@@ -151,6 +171,17 @@ class LiveResult(NamedTuple):
     sent_for_others: int = 0
 
 
+class _Verdict(NamedTuple):
+    """The check of one claim before its send."""
+
+    #: ``""`` (send it), :data:`LEASE_LOST` or the reason to skip it.
+    reason: str
+    #: Until when (microseconds) the lease and the approval seen hold.
+    holds_until: int
+    #: The :data:`~cavra_core.approvals.WORDS_GIVEN` counter when checked.
+    words_given: int
+
+
 class _Claim(NamedTuple):
     """An execution this worker holds, with its lineage as claimed."""
 
@@ -160,10 +191,6 @@ class _Claim(NamedTuple):
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else format_time_precise(value)
-
-
-def _is_postgres(database: peewee.Database) -> bool:
-    return isinstance(database, peewee.PostgresqlDatabase)
 
 
 class Executions:
@@ -323,7 +350,7 @@ class Executions:
                 ApprovalItem.id.in_([w.item.id for _, w in free])
                 & ApprovalItem.used_at.is_null()
             )
-            if _is_postgres(database):
+            if store.is_postgres(database):
                 items = items.for_update()
             unused = {item_id for (item_id,) in items.tuples()}
             rows = []
@@ -512,7 +539,7 @@ class Executions:
             .order_by(Execution.due_at, Execution.execution_id)
             .limit(limit)
         )
-        if _is_postgres(self.engine.database):
+        if store.is_postgres(self.engine.database):
             # Rows another worker holds are passed over, not waited for.
             query = query.for_update(skip_locked=True)
         return list(query)
@@ -529,7 +556,7 @@ class Executions:
         database = self.engine.database
         approval_ids = list({row.approval_id for row in rows})
         approvals = Approval.select().where(Approval.approval_id.in_(approval_ids))
-        if _is_postgres(database):
+        if store.is_postgres(database):
             approvals = approvals.for_update("FOR SHARE")
         approval_of = {approval.approval_id: approval for approval in approvals}
         items = {
@@ -595,19 +622,27 @@ class Executions:
             packages = self.engine.load_packages(c.row.package_id for c in claims)
         except DATABASE_ERRORS as error:
             packages, failure = {}, error
-        for claim in claims:
+        verdicts: dict[str, _Verdict] = {}
+        checked_at: datetime | None = None
+        for index, claim in enumerate(claims):
             if failure is not None or stop():
                 unsent.append(claim)
                 continue
+            execution_id = claim.row.execution_id
             started_at = clock()
             try:
-                reason = self._still_holds(claim, leases, started_at)
+                if checked_at is None or self._check_is_old(
+                    verdicts[execution_id], checked_at, started_at
+                ):
+                    verdicts = self._still_holds(claims[index:], leases, started_at)
+                    checked_at = started_at
+                reason = verdicts[execution_id].reason
                 if reason == LEASE_LOST:
                     # Another worker holds it now and sends it; nothing to do.
                     log.warning(
                         "lease lost before sending execution_id=%s lineage_id=%s "
                         "worker_id=%s",
-                        claim.row.execution_id,
+                        execution_id,
                         claim.row.lineage_id,
                         leases.worker_id,
                     )
@@ -645,51 +680,100 @@ class Executions:
             )
         return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
-    def _still_holds(self, claim: _Claim, leases: Leases, now: datetime) -> str:
+    def _check_is_old(
+        self, verdict: _Verdict, checked_at: datetime, now: datetime
+    ) -> bool:
         """
-        Check the claim once more just before sending it.
+        Whether a claim's check must be made again before it is sent: some
+        word was given since (one small read tells), the check is older than
+        :data:`RECHECK_SECONDS`, or the lease or the approval it saw ends.
+        """
+        micros = store.to_micros(now)
+        if (
+            micros >= verdict.holds_until
+            or (now - checked_at).total_seconds() > RECHECK_SECONDS
+        ):
+            return True
+        database = self.engine.database
+        found = database.execute_sql(
+            _words_given_sql(database.param), (WORDS_GIVEN,)
+        ).fetchone()
+        return (found[0] if found else 0) != verdict.words_given
 
-        ``""`` when it may go; :data:`LEASE_LOST` when the claim is no longer
-        this worker's (it was paused past its lease and another worker took
-        the claim over); else the reason to skip it: the lineage moved on
-        (another writer recorded its attempt), or a revocation, a denial or
-        an expiry came after the claim.
+    def _still_holds(
+        self, claims: Sequence[_Claim], leases: Leases, now: datetime
+    ) -> dict[str, _Verdict]:
+        """
+        Check claims once more before they are sent, in one statement.
+
+        For each execution id, a verdict whose reason is ``""`` when it may
+        go, :data:`LEASE_LOST` when the claim is no longer this worker's (it
+        was paused past its lease and another worker took the claim over),
+        else the reason to skip it: the lineage moved on (another writer
+        recorded its attempt), or a revocation, a denial or an expiry came
+        after the claim.
         """
         database = self.engine.database
-        row = claim.row
-        # PERF(workers): one prepared statement per send; building it with
-        # the query builder cost more than running it.
-        found = database.execute_sql(
-            _pre_send_sql(database.param), (row.lineage_id, row.execution_id)
-        ).fetchone()
-        if found is None:
-            return LEASE_LOST
-        owner, expires, attempt_count, state, *word = found
-        if (
-            owner != leases.worker_id
-            or expires is None
-            or expires <= store.to_micros(now)
-        ):
-            return LEASE_LOST
+        # PERF(workers): prepared statements; building them with the query
+        # builder cost more than running them.
+        found = {
+            execution_id: rest
+            for execution_id, *rest in database.execute_sql(
+                _pre_send_sql(database.param, len(claims)),
+                [WORDS_GIVEN, *(claim.row.execution_id for claim in claims)],
+            )
+        }
+        now_micros = store.to_micros(now)
+        verdicts: dict[str, _Verdict] = {}
+        for claim in claims:
+            row = claim.row
+            words, owner, expires, attempt_count, state, *word = found.get(
+                row.execution_id, (0, None, None, 0, "", None, None, None, None)
+            )
+            if owner != leases.worker_id or expires is None or expires <= now_micros:
+                verdicts[row.execution_id] = _Verdict(LEASE_LOST, 0, words or 0)
+                continue
+            reason, word_until = self._word_holds(
+                row, attempt_count, state, word, now_micros
+            )
+            verdicts[row.execution_id] = _Verdict(
+                reason, min(expires, word_until), words or 0
+            )
+        return verdicts
+
+    def _word_holds(
+        self,
+        row: Execution,
+        attempt_count: int,
+        state: str,
+        word: list[Any],
+        now_micros: int,
+    ) -> tuple[str, int]:
+        """
+        Why a held claim may not be sent now (``""`` when it may), and until
+        when the word that lets it go holds (microseconds).
+        """
+        forever = 2**62
         if attempt_count + 1 != row.attempt_number or state != "failed":
-            return "approval_stale"
+            return "approval_stale", forever
         if word[0] is None:
-            return "approval_stale"
+            return "approval_stale", forever
         if word[0] != row.approval_id:
             if word[1] != "approve":
-                return "denied"
+                return "denied", forever
+            database = self.engine.database
             mine = database.execute_sql(
                 _approval_sql(database.param), (row.approval_id,)
             ).fetchone()
             if mine is None:
-                return "approval_stale"
+                return "approval_stale", forever
             word = list(mine)
         _, _, revoked_at, expires_at = word
         if revoked_at is not None:
-            return "approval_revoked"
-        if expires_at <= store.to_micros(now):
-            return "approval_expired"
-        return ""
+            return "approval_revoked", forever
+        if expires_at <= now_micros:
+            return "approval_expired", forever
+        return "", expires_at
 
     def _with_retries(
         self,
@@ -767,42 +851,65 @@ class Executions:
         lineages = Lineage.select().where(
             Lineage.lineage_id.in_([claim.row.lineage_id for claim, _, _ in done])
         )
-        if _is_postgres(database):
+        if store.is_postgres(database):
             held = held.for_update()
             lineages = lineages.for_update()
         still_mine = {execution_id for (execution_id,) in held.tuples()}
         fresh = {row.lineage_id: row for row in lineages}
         now = engine.now()
 
-        finished: list[tuple[Execution, dict[str, Any]]] = []
+        mine = []
         for claim, attempt, reason in done:
             row = claim.row
-            if row.execution_id not in still_mine:
-                log.warning(
-                    "lease lost before recording execution_id=%s lineage_id=%s "
-                    "worker_id=%s",
-                    row.execution_id,
-                    row.lineage_id,
-                    leases.worker_id,
-                )
+            if row.execution_id in still_mine:
+                mine.append((row, attempt, reason))
                 continue
+            log.warning(
+                "lease lost before recording execution_id=%s lineage_id=%s "
+                "worker_id=%s",
+                row.execution_id,
+                row.lineage_id,
+                leases.worker_id,
+            )
+        sent = [(row, attempt) for row, attempt, _ in mine if attempt is not None]
+        recorded = iter(
+            engine.record_sent_batch(
+                [
+                    (attempt, fresh.get(row.lineage_id), row.run_id)
+                    for row, attempt in sent
+                ]
+            )
+        )
+        finished: list[Execution] = []
+        for row, attempt, reason in mine:
             if attempt is None:
                 changes = _skipped_changes(reason, now)
             else:
-                changes = self._attempt_changes(row, attempt, fresh.get(row.lineage_id))
+                changes = _attempt_changes(row, attempt, next(recorded))
             for name, value in changes.items():
                 setattr(row, name, value)
-            finished.append((row, changes))
+            finished.append(row)
 
-        entries = evidence.append_rows(
-            database, "execution", [row for row, _ in finished], actor, now
-        )
-        for (row, changes), entry in zip(finished, entries, strict=True):
-            Execution.update(**changes, evidence_sequence=entry["sequence"]).where(
-                Execution.execution_id == row.execution_id
-            ).execute()
+        entries = evidence.append_rows(database, "execution", finished, actor, now)
+        for row, entry in zip(finished, entries, strict=True):
             row.evidence_sequence = entry["sequence"]
-            store.bump_counters({f"executions:{row.outcome}": 1})
+        store.update_rows(
+            Execution,
+            [
+                {
+                    "execution_id": row.execution_id,
+                    **{name: getattr(row, name) for name in _OUTCOME_FIELDS},
+                }
+                for row in finished
+            ],
+        )
+        store.bump_counters(
+            {
+                f"executions:{outcome}": count
+                for outcome, count in Counter(row.outcome for row in finished).items()
+            }
+        )
+        for row in finished:
             if row.outcome != "skipped":
                 log.info(
                     "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
@@ -811,39 +918,6 @@ class Executions:
                     row.attempt_number,
                     row.outcome,
                 )
-
-    def _attempt_changes(
-        self, row: Execution, attempt: Mapping[str, Any], lineage: Lineage | None
-    ) -> dict[str, Any]:
-        """Record a sent attempt on its lineage; the execution's new values."""
-        try:
-            recorded: dict[str, Any] | None = self.engine._record_attempt(
-                attempt, "worker", row.run_id, pointer="", lineage=lineage
-            )
-        except CavraError:
-            # Sent, but the lineage moved on before the attempt was recorded
-            # (the checks that refuse it come before any write).
-            recorded = None
-        started_at: datetime = attempt["started_at"]
-        finished_at: datetime = attempt["finished_at"]
-        if row.due_at is not None:
-            # An approved retry sent before its delay ran out (an immediate
-            # retry) counts as no lag at all.
-            lag = max(0.0, (started_at - row.due_at).total_seconds())
-            metrics.CLAIM_LAG_SECONDS.observe(lag, row.connector_id)
-        return {
-            "outcome": recorded["outcome"] if recorded else "failed",
-            "error_class": recorded["error_class"] if recorded else "not_recorded",
-            "http_status": recorded["http_status"] if recorded else None,
-            "attempt_id": recorded["attempt_id"] if recorded else None,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "duration_ms": max(
-                0, int((finished_at - started_at).total_seconds() * 1000)
-            ),
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
 
     def _finish_skipped(
         self, row: Execution, reason: str, actor: Actor, now: datetime
@@ -1047,11 +1121,12 @@ def reconnect(database: peewee.Database) -> None:
 
 
 @functools.cache
-def _pre_send_sql(param: str) -> str:
+def _pre_send_sql(param: str, count: int) -> str:
     """
-    Just before a send: the claim's lease, its lineage's progress and the
-    lineage's latest word (approval id, verdict, revoked, expires), in one
-    statement. Parameters: the lineage id, the execution id. The latest
+    Before sends: for each of ``count`` executions (the parameters: the
+    words counter's name, then their ids), its id, the words counter, the
+    claim's lease, its lineage's progress and the lineage's latest word
+    (approval id, verdict, revoked, expires), in one statement. The latest
     word is taken in the order :meth:`Approvals.latest_words` uses.
 
     ``param`` is the driver's placeholder (``?`` or ``%s``).
@@ -1060,16 +1135,27 @@ def _pre_send_sql(param: str) -> str:
     lineage = Lineage._meta.table_name
     item = ApprovalItem._meta.table_name
     approval = Approval._meta.table_name
+    ids = ", ".join([param] * count)
     return (
-        f'SELECT e."lease_owner", e."lease_expires_at", l."attempt_count", '
-        f'l."state", w."approval_id", w."verdict", w."revoked_at", w."expires_at" '
+        f'SELECT e."execution_id", ({_words_given_sql(param)}), '
+        f'e."lease_owner", e."lease_expires_at", '
+        f'l."attempt_count", l."state", a."approval_id", a."verdict", '
+        f'a."revoked_at", a."expires_at" '
         f'FROM "{execution}" AS e '
         f'JOIN "{lineage}" AS l ON l."lineage_id" = e."lineage_id" '
-        f'LEFT JOIN (SELECT a."approval_id", a."verdict", a."revoked_at", '
-        f'a."expires_at" FROM "{item}" AS i JOIN "{approval}" AS a '
-        f'ON a."approval_id" = i."approval_id" WHERE i."lineage_id" = {param} '
-        f'ORDER BY i."created_at" DESC, i."approval_id" DESC LIMIT 1) AS w ON 1 = 1 '
-        f'WHERE e."execution_id" = {param}'
+        f'LEFT JOIN "{approval}" AS a ON a."approval_id" = ('
+        f'SELECT i."approval_id" FROM "{item}" AS i '
+        f'WHERE i."lineage_id" = e."lineage_id" '
+        f'ORDER BY i."created_at" DESC, i."approval_id" DESC LIMIT 1) '
+        f'WHERE e."execution_id" IN ({ids})'
+    )
+
+
+@functools.cache
+def _words_given_sql(param: str) -> str:
+    """The value of one counter (the parameter: its name)."""
+    return (
+        f'SELECT "value" FROM "{store.Counter._meta.table_name}" WHERE "name" = {param}'
     )
 
 
@@ -1080,6 +1166,33 @@ def _approval_sql(param: str) -> str:
         f'SELECT "approval_id", "verdict", "revoked_at", "expires_at" '
         f'FROM "{Approval._meta.table_name}" WHERE "approval_id" = {param}'
     )
+
+
+def _attempt_changes(
+    row: Execution, attempt: Mapping[str, Any], recorded: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """
+    A sent execution's new values, from its attempt as recorded on its
+    lineage (None when the lineage moved on before it was recorded).
+    """
+    started_at: datetime = attempt["started_at"]
+    finished_at: datetime = attempt["finished_at"]
+    if row.due_at is not None:
+        # An approved retry sent before its delay ran out (an immediate
+        # retry) counts as no lag at all.
+        lag = max(0.0, (started_at - row.due_at).total_seconds())
+        metrics.CLAIM_LAG_SECONDS.observe(lag, row.connector_id)
+    return {
+        "outcome": recorded["outcome"] if recorded else "failed",
+        "error_class": recorded["error_class"] if recorded else "not_recorded",
+        "http_status": recorded["http_status"] if recorded else None,
+        "attempt_id": recorded["attempt_id"] if recorded else None,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_ms": max(0, int((finished_at - started_at).total_seconds() * 1000)),
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def _skipped_changes(reason: str, now: datetime) -> dict[str, Any]:

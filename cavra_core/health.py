@@ -15,16 +15,19 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from cavra_core.store import ConnectorState
+from cavra_core.store import ConnectorState, is_postgres
 from cavra_core.types import Connector, ConnectorHealth
 
 log = logging.getLogger(__name__)
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
+#: Failure categories whose attempt changes the connector's state.
+STATE_CHANGING = frozenset({"config", "receiver_stop"})
 
 
 def load_health(connector_ids: Iterable[str]) -> dict[str, ConnectorHealth]:
@@ -165,6 +168,70 @@ def record_outcome(
             http_status,
         )
     return new_state
+
+
+def lock_states(connector_ids: Iterable[str]) -> dict[str, ConnectorHealth]:
+    """
+    The health of these connectors, their rows locked for the caller's
+    transaction (on PostgreSQL), so what a batch folds in starts from what
+    is stored and no other writer changes it meanwhile.
+    """
+    ids = sorted(set(connector_ids))
+    ConnectorState.insert_many(
+        [{"connector_id": connector_id} for connector_id in ids]
+    ).on_conflict_ignore().execute()
+    query = ConnectorState.select().where(ConnectorState.connector_id.in_(ids))
+    if is_postgres():
+        query = query.order_by(ConnectorState.connector_id).for_update()
+    return {row.connector_id: _health(row) for row in query}
+
+
+@dataclass
+class Folded:
+    """
+    Several attempts' outcomes on an active connector, folded in their order
+    into one change of its health: what :func:`record_outcome` would leave
+    after each of them, for attempts that change no state.
+    """
+
+    health: ConnectorHealth
+    count: int = 0
+
+    def add(
+        self,
+        *,
+        delivered: bool,
+        error_class: str | None,
+        category: str | None,
+        at: datetime,
+    ) -> None:
+        if category in STATE_CHANGING:
+            raise ValueError("an attempt that changes the state cannot be folded")
+        self.count += 1
+        if delivered:
+            self.health = self.health._replace(
+                consecutive_failures=0, last_success_at=at
+            )
+        else:
+            self.health = self.health._replace(
+                consecutive_failures=self.health.consecutive_failures + 1,
+                last_failure_class=error_class,
+                last_failure_category=category,
+                last_failure_at=at,
+            )
+
+
+def write_folded(connector_id: str, folded: Folded) -> None:
+    """Store a folded health change (caller's transaction, its row locked)."""
+    state = folded.health
+    ConnectorState.update(
+        consecutive_failures=state.consecutive_failures,
+        last_success_at=state.last_success_at,
+        last_failure_class=state.last_failure_class,
+        last_failure_category=state.last_failure_category,
+        last_failure_at=state.last_failure_at,
+        version=ConnectorState.version + folded.count,
+    ).where(ConnectorState.connector_id == connector_id).execute()
 
 
 def resume(connector: Connector, actor: str, now: datetime) -> ConnectorHealth:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from plugins_fixtures import (
 from cavra_core import store
 from cavra_core.executions import (
     LEASE_RESCUES,
+    RECHECK_SECONDS,
     WORKER_ID,
     Leases,
     default_worker_id,
@@ -365,19 +367,75 @@ def test_a_database_error_mid_batch_records_what_was_sent_and_requeues_the_rest(
     checks = []
     still_holds = executions_._still_holds
 
-    def flaky(claim, leases, now):
-        checks.append(claim.row.execution_id)
+    def flaky(claims, leases, now):
+        checks.append([claim.row.execution_id for claim in claims])
         if len(checks) == 2:
             raise peewee.OperationalError("server closed the connection unexpectedly")
-        return still_holds(claim, leases, now)
+        return still_holds(claims, leases, now)
+
+    # Every send comes more than the recheck interval after the one before,
+    # so each one checks its claims again.
+    ticks = itertools.count()
+    step = timedelta(seconds=RECHECK_SECONDS + 0.5)
+
+    def clock():
+        return DUE + next(ticks) * step
 
     monkeypatch.setattr(executions_, "_still_holds", flaky)
-    sent = executions_.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE)
+    sent = executions_.work(Leases(worker_id="worker-a"), APPROVER, clock)
 
     assert sent == 3
+    first, second = checks[:2]
+    assert len(first) == 3 and second == first[1:]  # the claims still to send
     assert sorted(row.outcome for row in executions()) == ["delivered"] * 3
     assert sorted(event_ids(fake)) == sorted(lineages)  # each sent once
     assert all(row.rescue_count == 0 for row in executions())
+
+
+def test_one_check_covers_the_sends_of_a_quick_batch(engine, fake, monkeypatch) -> None:
+    approved_due(engine, 4)
+    queue_only(engine)
+    executions_ = engine.executions
+    checks = []
+    still_holds = executions_._still_holds
+
+    def counted(claims, leases, now):
+        checks.append(len(claims))
+        return still_holds(claims, leases, now)
+
+    monkeypatch.setattr(executions_, "_still_holds", counted)
+    assert executions_.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE) == 4
+    assert checks == [4]
+
+
+def test_a_revocation_stops_the_sends_that_start_after_the_recheck(
+    engine, fake, monkeypatch
+) -> None:
+    approved_due(engine, 3)
+    queue_only(engine)
+    leases = Leases(worker_id="worker-a")
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    moments = iter([DUE, DUE + timedelta(seconds=RECHECK_SECONDS + 1)] * 3)
+    real_send = engine.send_attempt
+
+    def send_then_deny(*args, **kwargs):
+        attempt = real_send(*args, **kwargs)
+        if len(fake.deliveries) == 1:
+            deny_all(engine, DUE + timedelta(seconds=0.5))
+        return attempt
+
+    monkeypatch.setattr(engine, "send_attempt", send_then_deny)
+    engine.executions._send_batch(
+        claims, leases, APPROVER, lambda: next(moments), lambda: False
+    )
+
+    assert len(fake.deliveries) == 1
+    outcomes = sorted((row.outcome, row.skipped_reason) for row in executions())
+    assert outcomes == [
+        ("delivered", None),
+        ("skipped", "denied"),
+        ("skipped", "denied"),
+    ]
 
 
 def test_a_connection_held_by_connected_survives_a_reconnection(engine) -> None:
@@ -552,3 +610,148 @@ def test_a_live_service_rescues_expired_claims_between_windows(
     assert [(row.outcome, row.rescue_count) for row in rows] == [("delivered", 1)] * 2
     assert {row.worker_id for row in rows} == {"worker-b"}
     assert WorkerRun.select().where(WorkerRun.trigger == "schedule").count() == 0
+
+
+# -- a batch's record is the same as one attempt at a time ----------------------
+
+#: What each retry of a batch met: outcome, error class, HTTP status.
+MIXED = [
+    ("delivered", None, 204),
+    ("failed", "http_5xx", 503),
+    ("failed", "timeout", None),
+    ("delivered", None, 200),
+    ("failed", "http_5xx", 502),
+]
+
+
+def _sent(engine, lineage_id, outcome, error_class, status, at):
+    row = store.Lineage.get_by_id(lineage_id)
+    return {
+        "package_id": row.package_id,
+        "connector_id": row.connector_id,
+        "outcome": outcome,
+        "error_class": error_class,
+        "http_status": status,
+        "retry_after": "120" if status == 503 else None,
+        "started_at": at,
+        "finished_at": at + timedelta(milliseconds=3),
+        "attempt_number": row.attempt_count + 1,
+    }
+
+
+def _recorded_state(connector_id):
+    """What recording left for one connector, without ids and the connector's name."""
+    lineages = [
+        {
+            name: value
+            for name, value in row.__data__.items()
+            if name not in ("lineage_id", "package", "connector_id")
+        }
+        for row in store.Lineage.select()
+        .where(store.Lineage.connector_id == connector_id)
+        .order_by(store.Lineage.first_attempt_at)
+    ]
+    attempts = [
+        {
+            name: value
+            for name, value in row.__data__.items()
+            if name not in ("attempt_id", "lineage", "package_id", "connector_id")
+        }
+        for row in DeliveryAttempt.select()
+        .where(DeliveryAttempt.connector_id == connector_id)
+        .order_by(DeliveryAttempt.started_at)
+    ]
+    state = store.ConnectorState.get_by_id(connector_id).__data__
+    state.pop("connector_id")
+    deliveries = store.counters_with_prefix("deliveries:")
+    counted = {
+        name.rsplit(":", 1)[0]: value
+        for name, value in deliveries.items()
+        if name.endswith(f":{connector_id}")
+    }
+    return lineages, attempts, state, counted
+
+
+def _without_ids(document):
+    ids = ("attempt_id", "lineage_id", "package_id", "connector_id")
+    return {name: value for name, value in document.items() if name not in ids}
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "batched"),
+    [
+        (MIXED, True),
+        (MIXED[:1] * 3, True),
+        (MIXED[1:3], True),
+        # A refused credential pauses the connector: one attempt at a time.
+        ([*MIXED[:2], ("failed", "auth", 401)], False),
+    ],
+    ids=["mixed", "delivered", "failed", "pausing"],
+)
+def test_a_batch_is_recorded_as_one_attempt_at_a_time_would_be(
+    make_engine, fake, monkeypatch, outcomes, batched
+) -> None:
+    engine = make_engine(
+        {"hook-a": {"type": "fake"}, "hook-b": {"type": "fake"}},
+        plugins=[FakePlugin(fake)],
+        load_entry_points=False,
+    )
+    sent = {}
+    for connector_id in ("hook-a", "hook-b"):
+        lineages = [
+            record_failure(
+                engine,
+                T0 + timedelta(seconds=n),
+                connector_id=connector_id,
+                evidence=package(f"drill-{connector_id}-{n}"),
+            )
+            for n in range(len(outcomes))
+        ]
+        sent[connector_id] = [
+            (lineage, _sent(engine, lineage, *outcome, DUE + timedelta(seconds=n)))
+            for n, (lineage, outcome) in enumerate(zip(lineages, outcomes, strict=True))
+        ]
+
+    one_at_a_time = engine._one_sent
+    slow_calls = []
+    monkeypatch.setattr(
+        engine, "_one_sent", lambda *args: slow_calls.append(1) or one_at_a_time(*args)
+    )
+    with engine.database.atomic(), store.counter_batch():
+        in_batch = engine.record_sent_batch(
+            [
+                (attempt, store.Lineage.get_by_id(lineage), "wr_1")
+                for lineage, attempt in sent["hook-a"]
+            ]
+        )
+    assert len(slow_calls) == (0 if batched else len(outcomes))
+    single = []
+    for lineage, attempt in sent["hook-b"]:
+        with engine.database.atomic(), store.counter_batch():
+            row = store.Lineage.get_by_id(lineage)
+            single.append(one_at_a_time(attempt, row, "wr_1"))
+
+    assert [d["outcome"] for d in in_batch] == [o for o, _, _ in outcomes]
+    assert [_without_ids(d) for d in in_batch] == [_without_ids(d) for d in single]
+    assert _recorded_state("hook-a") == _recorded_state("hook-b")
+
+
+def test_a_batch_leaves_a_lineage_that_moved_on_unrecorded(engine, fake) -> None:
+    first, second = (
+        record_failure(engine, T0, evidence=package(f"drill-{n}")) for n in range(2)
+    )
+    attempts = [
+        _sent(engine, lineage, "delivered", None, 204, DUE)
+        for lineage in (first, second)
+    ]
+    record_failure(engine, T0 + timedelta(minutes=1), evidence=package("drill-1"))
+
+    with engine.database.atomic(), store.counter_batch():
+        rows = [store.Lineage.get_by_id(lineage) for lineage in (first, second)]
+        recorded = engine.record_sent_batch(
+            [(attempt, row, None) for attempt, row in zip(attempts, rows, strict=True)]
+        )
+
+    assert recorded[0]["outcome"] == "delivered" and recorded[1] is None
+    assert store.Lineage.get_by_id(first).state == "recovered"
+    assert store.Lineage.get_by_id(second).attempt_count == 2  # the other writer's
