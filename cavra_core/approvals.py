@@ -52,6 +52,9 @@ MAX_ITEMS = 1000
 #: Counter bumped with every approval, denial and revocation, so a worker
 #: sending a batch sees with one small read that some word changed.
 WORDS_GIVEN = "words_given"
+#: On PostgreSQL the same words are announced on this channel at commit, so
+#: a worker that listens learns of them without reading anything.
+WORDS_CHANNEL = "cavra_words_given"
 _CHUNK = 500
 
 #: Decisions an approval may cover: due retries, and retries waiting only for
@@ -175,7 +178,7 @@ class Approvals:
             for start in range(0, len(rows), _CHUNK):
                 ApprovalItem.insert_many(rows[start : start + _CHUNK]).execute()
             evidence.append(engine.database, "approval", approval_id, who, now)
-            store.bump_counters({WORDS_GIVEN: 1})
+            _word_given(engine.database)
         log.info(
             "approval recorded approval_id=%s retry_plan_id=%s verdict=%s items=%d",
             approval_id,
@@ -334,7 +337,7 @@ class Approvals:
             evidence.append(
                 engine.database, "approval_revocation", approval_id, who, now
             )
-            store.bump_counters({WORDS_GIVEN: 1})
+            _word_given(engine.database)
         log.info("approval revoked approval_id=%s", approval_id)
         return self.get(approval_id, now=now)
 
@@ -452,6 +455,13 @@ class Approvals:
             for item in rows:
                 words.setdefault(item.lineage_id, Word(item.approval, item))
         return words
+
+
+def _word_given(database: peewee.Database) -> None:
+    """Announce an approval, denial or revocation (caller's transaction)."""
+    store.bump_counters({WORDS_GIVEN: 1})
+    if store.is_postgres(database):
+        database.execute_sql("SELECT pg_notify(%s, '')", (WORDS_CHANNEL,))
 
 
 def _approvable(row: RetryDecision) -> bool:

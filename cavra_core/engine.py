@@ -906,9 +906,9 @@ class Engine:
         if len(lineage_ids) == len(sent):  # every lineage read, each one once
             prepared = self._prepared_batch(sent, states)
         if prepared is None:
-            return [
-                self._one_sent(attempt, row, run_id) for attempt, row, run_id in sent
-            ]
+            # Each lineage is read again: an earlier attempt of the batch may
+            # have reassessed it (a pause lifted, say).
+            return [self._one_sent(attempt, run_id) for attempt, _, run_id in sent]
 
         rows, stored_rows, lineage_changes, folded = prepared
         store.insert_rows(DeliveryAttempt, [s for s in stored_rows if s is not None])
@@ -944,13 +944,11 @@ class Engine:
         return documents
 
     def _one_sent(
-        self, attempt: Mapping[str, Any], row: Lineage | None, run_id: str | None
+        self, attempt: Mapping[str, Any], run_id: str | None
     ) -> dict[str, Any] | None:
         """Record one sent attempt the slow way; None where the lineage refuses it."""
         try:
-            return self._record_attempt(
-                attempt, "worker", run_id, pointer="", lineage=row
-            )
+            return self._record_attempt(attempt, "worker", run_id, pointer="")
         except CavraError:
             return None
 

@@ -707,7 +707,7 @@ def _append_documents(
             }
         )
         previous = entry
-    EvidenceEntry.insert_many(rows).execute()
+    store.insert_rows(EvidenceEntry, rows)
     return entries
 
 

@@ -60,7 +60,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import peewee
 
 from cavra_core import evidence, metrics, store, validation
-from cavra_core.approvals import SKIP_REASONS, WORDS_GIVEN, Word, skip_reason
+from cavra_core.approvals import (
+    SKIP_REASONS,
+    WORDS_CHANNEL,
+    WORDS_GIVEN,
+    Word,
+    skip_reason,
+)
 from cavra_core.decisions import Decision, format_time_precise
 from cavra_core.errors import NotFound
 from cavra_core.identity import Actor
@@ -94,6 +100,14 @@ POLL_SECONDS = 0.2
 LEASE_LOST = "lease_lost"
 #: How old the check of a batch's claims may be when one of them is sent.
 RECHECK_SECONDS = 1.0
+#: A lineage's columns that change after its claim: its version moves with
+#: every attempt, the assessment also when its connector's health changes.
+_CHANGING = (
+    Lineage.version,
+    Lineage.assessment,
+    Lineage.eligible_from,
+    Lineage.eligible_until,
+)
 #: The columns a batch's record writes on each execution.
 _OUTCOME_FIELDS = (
     "outcome",
@@ -566,7 +580,7 @@ class Executions:
                 & ApprovalItem.lineage_id.in_([row.lineage_id for row in rows])
             )
         }
-        latest = self.engine.approvals.latest_words(row.lineage_id for row in rows)
+        latest = _latest_verdicts([row.lineage_id for row in rows])
         plan_hashes = _plan_hashes(a.retry_plan_id for a in approval_of.values())
         found: list[str] = []
         for row in rows:
@@ -577,11 +591,11 @@ class Executions:
                 found.append("approval_stale")
                 continue
             word = Word(approval, item)
-            newest = latest.get(row.lineage_id)
+            newest_id, newest_verdict = latest.get(row.lineage_id, (None, None))
             if (
-                newest is not None
-                and newest.approval.approval_id != row.approval_id
-                and newest.approval.verdict != "approve"
+                newest_id is not None
+                and newest_id != row.approval_id
+                and newest_verdict != "approve"
             ):
                 found.append("denied")
                 continue
@@ -624,6 +638,7 @@ class Executions:
             packages, failure = {}, error
         verdicts: dict[str, _Verdict] = {}
         checked_at: datetime | None = None
+        words = _WordsWatch(self.engine.database)
         for index, claim in enumerate(claims):
             if failure is not None or stop():
                 unsent.append(claim)
@@ -632,8 +647,9 @@ class Executions:
             started_at = clock()
             try:
                 if checked_at is None or self._check_is_old(
-                    verdicts[execution_id], checked_at, started_at
+                    verdicts[execution_id], checked_at, started_at, words
                 ):
+                    words.watch()
                     verdicts = self._still_holds(claims[index:], leases, started_at)
                     checked_at = started_at
                 reason = verdicts[execution_id].reason
@@ -681,24 +697,22 @@ class Executions:
         return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
     def _check_is_old(
-        self, verdict: _Verdict, checked_at: datetime, now: datetime
+        self,
+        verdict: _Verdict,
+        checked_at: datetime,
+        now: datetime,
+        words: _WordsWatch,
     ) -> bool:
         """
         Whether a claim's check must be made again before it is sent: some
-        word was given since (one small read tells), the check is older than
-        :data:`RECHECK_SECONDS`, or the lease or the approval it saw ends.
+        word was given since, the check is older than :data:`RECHECK_SECONDS`,
+        or the lease or the approval it saw ends.
         """
-        micros = store.to_micros(now)
-        if (
-            micros >= verdict.holds_until
+        return (
+            store.to_micros(now) >= verdict.holds_until
             or (now - checked_at).total_seconds() > RECHECK_SECONDS
-        ):
-            return True
-        database = self.engine.database
-        found = database.execute_sql(
-            _words_given_sql(database.param), (WORDS_GIVEN,)
-        ).fetchone()
-        return (found[0] if found else 0) != verdict.words_given
+            or words.changed(verdict.words_given)
+        )
 
     def _still_holds(
         self, claims: Sequence[_Claim], leases: Leases, now: datetime
@@ -848,14 +862,17 @@ class Executions:
             & (Execution.lease_owner == leases.worker_id)
             & (Execution.outcome == "claimed")
         )
-        lineages = Lineage.select().where(
+        versions = Lineage.select(Lineage.lineage_id, *_CHANGING).where(
             Lineage.lineage_id.in_([claim.row.lineage_id for claim, _, _ in done])
         )
         if store.is_postgres(database):
             held = held.for_update()
-            lineages = lineages.for_update()
+            versions = versions.for_update()
         still_mine = {execution_id for (execution_id,) in held.tuples()}
-        fresh = {row.lineage_id: row for row in lineages}
+        fresh = _fresh_lineages(
+            [claim.lineage for claim, _, _ in done],
+            {lineage_id: tuple(rest) for lineage_id, *rest in versions.tuples()},
+        )
         now = engine.now()
 
         mine = []
@@ -1030,6 +1047,48 @@ class Executions:
     def counts(self) -> dict[str, int]:
         found = store.read_counters(*EXECUTION_COUNTERS)
         return {name.split(":", 1)[1]: value for name, value in found.items()}
+
+
+class _WordsWatch:
+    """
+    Tells a sending worker whether an approval, a denial or a revocation was
+    given since it last checked its claims.
+
+    On PostgreSQL the worker's connection listens on
+    :data:`~cavra_core.approvals.WORDS_CHANNEL`, which every such word
+    notifies at its commit: asking costs no round trip (a word committed a
+    moment before may still be on its way, for about as long as a
+    round trip). On SQLite, in-process, the words counter is read.
+    """
+
+    def __init__(self, database: peewee.Database) -> None:
+        self.database = database
+        self.postgres = store.is_postgres(database)
+        self._listening: Any = None
+
+    def watch(self) -> None:
+        """Start listening afresh; call it just before the claims are checked."""
+        if not self.postgres:
+            return
+        connection = self.database.connection()
+        if connection is not self._listening:
+            self.database.execute_sql(f'LISTEN "{WORDS_CHANNEL}"')
+            self._listening = connection
+        connection.poll()
+        connection.notifies.clear()  # what came before is in the check
+
+    def changed(self, seen: int) -> bool:
+        """Whether some word was given since the check that saw counter ``seen``."""
+        if not self.postgres:
+            found = self.database.execute_sql(
+                _words_given_sql(self.database.param), (WORDS_GIVEN,)
+            ).fetchone()
+            return (found[0] if found else 0) != seen
+        connection = self.database.connection()
+        if connection is not self._listening:
+            return True  # a new connection: it has not listened yet
+        connection.poll()
+        return bool(connection.notifies)
 
 
 class _Heartbeat:
@@ -1257,6 +1316,46 @@ def _skip_recorded(word: Word, reason: str) -> bool:
         )
         .exists()
     )
+
+
+def _fresh_lineages(
+    rows: Sequence[Lineage], stored: Mapping[str, tuple[Any, ...]]
+) -> dict[str, Lineage]:
+    """
+    The lineages as stored now, by id: the rows read at the claim where the
+    columns that change (just read and locked, ``_CHANGING``) are as they
+    were, read again where not.
+    """
+    fresh = {
+        row.lineage_id: row
+        for row in rows
+        if stored.get(row.lineage_id)
+        == tuple(getattr(row, field.name) for field in _CHANGING)
+    }
+    moved = [lineage_id for lineage_id in stored if lineage_id not in fresh]
+    if moved:
+        fresh.update(_lineages(moved))
+    return fresh
+
+
+def _latest_verdicts(lineage_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """
+    The latest word on each lineage as (approval id, verdict), in the order
+    :meth:`Approvals.latest_words` uses, without building model rows.
+    """
+    latest: dict[str, tuple[str, str]] = {}
+    rows = (
+        ApprovalItem.select(
+            ApprovalItem.lineage_id, Approval.approval_id, Approval.verdict
+        )
+        .join(Approval, on=(ApprovalItem.approval_id == Approval.approval_id))
+        .where(ApprovalItem.lineage_id.in_(lineage_ids))
+        .order_by(ApprovalItem.created_at.desc(), ApprovalItem.approval_id.desc())
+        .tuples()
+    )
+    for lineage_id, approval_id, verdict in rows:
+        latest.setdefault(lineage_id, (approval_id, verdict))
+    return latest
 
 
 def lineages_with_words() -> set[str]:

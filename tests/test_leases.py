@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 
 import peewee
@@ -726,10 +727,9 @@ def test_a_batch_is_recorded_as_one_attempt_at_a_time_would_be(
         )
     assert len(slow_calls) == (0 if batched else len(outcomes))
     single = []
-    for lineage, attempt in sent["hook-b"]:
+    for _, attempt in sent["hook-b"]:
         with engine.database.atomic(), store.counter_batch():
-            row = store.Lineage.get_by_id(lineage)
-            single.append(one_at_a_time(attempt, row, "wr_1"))
+            single.append(one_at_a_time(attempt, "wr_1"))
 
     assert [d["outcome"] for d in in_batch] == [o for o, _, _ in outcomes]
     assert [_without_ids(d) for d in in_batch] == [_without_ids(d) for d in single]
@@ -755,3 +755,78 @@ def test_a_batch_leaves_a_lineage_that_moved_on_unrecorded(engine, fake) -> None
     assert recorded[0]["outcome"] == "delivered" and recorded[1] is None
     assert store.Lineage.get_by_id(first).state == "recovered"
     assert store.Lineage.get_by_id(second).attempt_count == 2  # the other writer's
+
+
+def _counted_lineages():
+    """The lineage counters, and the same counts made from the rows."""
+    counters = {
+        name: value
+        for name, value in store.counters_with_prefix("lineage:").items()
+        if value
+    }
+    rows = Counter(
+        f"lineage:{row.state}:{row.assessment or ''}" for row in store.Lineage.select()
+    )
+    return counters, dict(rows)
+
+
+def test_a_pause_between_claim_and_record_keeps_the_counters_true(engine, fake) -> None:
+    approved_due(engine, 3)
+    queue_only(engine)
+    leases = Leases(worker_id="worker-a")
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    # Another lineage's refused credential pauses the connector meanwhile:
+    # the claimed lineages are assessed again (paused), without a new version.
+    record_failure(
+        engine,
+        DUE + timedelta(seconds=1),
+        status=401,
+        error_class="auth",
+        evidence=package("drill-other"),
+    )
+    assert {store.Lineage.get_by_id(c.row.lineage_id).assessment for c in claims} == {
+        "paused"
+    }
+
+    later = DUE + timedelta(seconds=2)
+    engine.executions._send_batch(
+        claims, leases, APPROVER, lambda: later, lambda: False
+    )
+
+    counters, from_rows = _counted_lineages()
+    assert counters == from_rows
+
+
+@pytest.mark.parametrize("where", ["same connection", "another connection"])
+def test_a_word_given_mid_batch_stops_the_sends_after_it(
+    engine, fake, monkeypatch, where
+) -> None:
+    """The clock stands still: only the word makes the worker check again."""
+    approved_due(engine, 3)
+    queue_only(engine)
+    leases = Leases(worker_id="worker-a")
+    claims = engine.executions._claim_batch(leases, APPROVER, DUE)
+    real_send = engine.send_attempt
+
+    def deny_elsewhere():
+        with store.connected(engine.database):
+            deny_all(engine, DUE + timedelta(seconds=1))
+
+    def send_then_deny(*args, **kwargs):
+        attempt = real_send(*args, **kwargs)
+        if len(fake.deliveries) == 1:
+            if where == "same connection":
+                deny_all(engine, DUE + timedelta(seconds=1))
+            else:
+                other = threading.Thread(target=deny_elsewhere)
+                other.start()
+                other.join()
+                time.sleep(0.2)  # the notice travels as a round trip would
+        return attempt
+
+    monkeypatch.setattr(engine, "send_attempt", send_then_deny)
+    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+
+    assert len(fake.deliveries) == 1
+    skipped = sorted(row.skipped_reason for row in executions() if row.skipped_reason)
+    assert skipped == ["denied", "denied"]
