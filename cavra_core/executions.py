@@ -18,13 +18,16 @@ so that several workers can share it and a worker that dies loses nothing:
    While the deliveries are in hand a heartbeat extends the lease. A lease
    that expired (its worker died or lost the database) is rescued by the
    next worker that claims: the execution is claimed again and sent again.
-3. **send**: before a batch's first delivery, and again before any later
-   one when :data:`RECHECK_SECONDS` have passed or a lease is near its
-   end, one statement checks every claim still to be sent: that the
-   worker still holds it (a worker frozen past its lease sends nothing
-   another worker took over), that the lineage has not moved on, and the
-   latest word, so a revocation or denial stops every retry that starts
-   more than :data:`RECHECK_SECONDS` after it. The delivery carries the
+3. **send**: before a batch's first delivery one statement checks every
+   claim of the batch: that the worker still holds it (a worker frozen
+   past its lease sends nothing another worker took over), that the
+   lineage has not moved on, and the latest word. Every approval, denial
+   and revocation is announced at its commit (a PostgreSQL notification
+   the worker listens for, a counter on SQLite); before each later
+   delivery the claims left are checked again when a word was announced,
+   when the last check is over :data:`RECHECK_SECONDS` old, or when the
+   lease or the approval it saw has run out. So a revocation or denial
+   stops every retry not yet on the wire. The delivery carries the
    lineage's stable event id.
 4. **record**: the outcomes of a batch, the attempts on their lineages
    (delivered: recovered; failed: one more attempt; the last allowed one
@@ -436,6 +439,7 @@ class Executions:
         database = self.engine.database
         sent = 0
         failures = 0
+        words = _WordsWatch(database)  # listens once, not once a batch
         with _Heartbeat(database, leases, clock) as heartbeat:
             while not stop():
                 try:
@@ -443,7 +447,7 @@ class Executions:
                     if claims:
                         with heartbeat.holding(c.row.execution_id for c in claims):
                             count, failure = self._send_batch(
-                                claims, leases, actor, clock, stop
+                                claims, leases, actor, clock, stop, words
                             )
                         sent += count
                         if failure is not None:
@@ -619,6 +623,7 @@ class Executions:
         actor: Actor,
         clock: Callable[[], datetime],
         stop: Callable[[], bool],
+        words: _WordsWatch | None = None,
     ) -> tuple[int, Exception | None]:
         """
         Send the claims one after the other, then record them all at once.
@@ -638,7 +643,7 @@ class Executions:
             packages, failure = {}, error
         verdicts: dict[str, _Verdict] = {}
         checked_at: datetime | None = None
-        words = _WordsWatch(self.engine.database)
+        words = words or _WordsWatch(self.engine.database)
         for index, claim in enumerate(claims):
             if failure is not None or stop():
                 unsent.append(claim)
@@ -1074,7 +1079,7 @@ class _WordsWatch:
         if connection is not self._listening:
             self.database.execute_sql(f'LISTEN "{WORDS_CHANNEL}"')
             self._listening = connection
-        connection.poll()
+        self._poll(connection)
         connection.notifies.clear()  # what came before is in the check
 
     def changed(self, seen: int) -> bool:
@@ -1087,8 +1092,13 @@ class _WordsWatch:
         connection = self.database.connection()
         if connection is not self._listening:
             return True  # a new connection: it has not listened yet
-        connection.poll()
+        self._poll(connection)
         return bool(connection.notifies)
+
+    def _poll(self, connection: Any) -> None:
+        """Read what the server sent; a lost connection raises peewee's error."""
+        with store.driver_errors():
+            connection.poll()
 
 
 class _Heartbeat:

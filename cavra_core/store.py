@@ -607,6 +607,16 @@ def connected(database: peewee.Database) -> Iterator[None]:
                 database.close()
 
 
+@contextlib.contextmanager
+def driver_errors() -> Iterator[None]:
+    """
+    Raise a raw driver call's errors as peewee's, as ``execute_sql`` does,
+    so callers catching ``peewee.OperationalError`` catch them too.
+    """
+    with peewee.__exception_wrapper__:
+        yield
+
+
 def is_postgres(database: peewee.Database | None = None) -> bool:
     """Whether ``database`` (by default the store's) is PostgreSQL."""
     return isinstance(database or database_proxy.obj, peewee.PostgresqlDatabase)
@@ -677,10 +687,14 @@ def update_rows(
     # SQLite runs in-process: one prepared statement per row costs little.
     sql = _update_one_sql(model, *shape, database.param)
     cursor = database.cursor()
-    cursor.executemany(
-        sql,
-        [(*new, k, *old) for k, new, old in zip(keys, values, expected, strict=True)],
-    )
+    with driver_errors():
+        cursor.executemany(
+            sql,
+            [
+                (*new, k, *old)
+                for k, new, old in zip(keys, values, expected, strict=True)
+            ],
+        )
     return cursor.rowcount
 
 
@@ -739,9 +753,18 @@ def _update_one_sql(
     )
 
 
+#: PostgreSQL's names of peewee's field types, for casts (serials are integers).
+_POSTGRES_TYPES = {
+    **peewee.PostgresqlDatabase.field_types,
+    "AUTO": "INTEGER",
+    "BIGAUTO": "BIGINT",
+    "INT": "INTEGER",
+}
+
+
 def _postgres_type(field: peewee.Field) -> str:
     """The SQL type a value for ``field`` is cast to in a VALUES list."""
-    return {"BOOL": "BOOLEAN", "INT": "INTEGER"}.get(field.field_type, field.field_type)
+    return _POSTGRES_TYPES.get(field.field_type, field.field_type)
 
 
 def bump_counters(changes: dict[str, int]) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import timedelta
 
 import peewee
+import psycopg2
 import pytest
 from playhouse.migrations import Runner
 from plugins_fixtures import (
@@ -830,3 +831,46 @@ def test_a_word_given_mid_batch_stops_the_sends_after_it(
     assert len(fake.deliveries) == 1
     skipped = sorted(row.skipped_reason for row in executions() if row.skipped_reason)
     assert skipped == ["denied", "denied"]
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+def test_a_connection_lost_mid_batch_still_records_what_was_sent(
+    engine, fake, monkeypatch, database_url
+) -> None:
+    """The server drops the worker's session between two sends of a batch."""
+    lineages = approved_due(engine, 3)
+    queue_only(engine)
+    real_send = engine.send_attempt
+
+    def send_then_drop(*args, **kwargs):
+        attempt = real_send(*args, **kwargs)
+        if len(fake.deliveries) == 1:
+            backend = engine.database.connection().get_backend_pid()
+            admin = psycopg2.connect(database_url)
+            admin.autocommit = True
+            admin.cursor().execute("SELECT pg_terminate_backend(%s)", (backend,))
+            admin.close()
+            time.sleep(0.2)
+        return attempt
+
+    monkeypatch.setattr(engine, "send_attempt", send_then_drop)
+    sent = engine.executions.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE)
+
+    assert sent == 3
+    assert sorted(row.outcome for row in executions()) == ["delivered"] * 3
+    assert sorted(event_ids(fake)) == sorted(lineages)  # each sent once
+    assert all(row.rescue_count == 0 for row in executions())
+
+
+def test_a_failed_multi_row_update_raises_peewees_error(engine) -> None:
+    lineage_id = record_failure(engine, T0)
+    with pytest.raises(peewee.IntegrityError), engine.database.atomic():
+        # No such package: the foreign key refuses the row.
+        store.update_rows(
+            store.Lineage, [{"lineage_id": lineage_id, "package": "no-such-package"}]
+        )
+    assert store.Lineage.get_by_id(lineage_id).package_id != "no-such-package"
