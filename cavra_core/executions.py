@@ -855,29 +855,31 @@ class Executions:
 
         The claims still held and their lineages are locked first (on
         PostgreSQL; SQLite's transaction holds the write lock), so nothing
-        moves under the batch; each attempt goes on its lineage, then the
-        executions get their evidence entries in one append and their
-        outcomes, each in one update.
+        moves under the batch; then the attempts go on their lineages
+        (:meth:`Engine.record_sent_batch`), and the executions get their
+        evidence entries in one append and their outcomes in one update.
         """
         engine = self.engine
         database = engine.database
         ids = [claim.row.execution_id for claim, _, _ in done]
-        held = Execution.select(Execution.execution_id).where(
-            Execution.execution_id.in_(ids)
-            & (Execution.lease_owner == leases.worker_id)
-            & (Execution.outcome == "claimed")
-        )
-        versions = Lineage.select(Lineage.lineage_id, *_CHANGING).where(
-            Lineage.lineage_id.in_([claim.row.lineage_id for claim, _, _ in done])
+        # The claims still held and their lineages, locked in one read.
+        held = (
+            Execution.select(Execution.execution_id, Lineage.lineage_id, *_CHANGING)
+            .join(Lineage, on=(Lineage.lineage_id == Execution.lineage_id))
+            .where(
+                Execution.execution_id.in_(ids)
+                & (Execution.lease_owner == leases.worker_id)
+                & (Execution.outcome == "claimed")
+            )
         )
         if store.is_postgres(database):
             held = held.for_update()
-            versions = versions.for_update()
-        still_mine = {execution_id for (execution_id,) in held.tuples()}
-        fresh = _fresh_lineages(
-            [claim.lineage for claim, _, _ in done],
-            {lineage_id: tuple(rest) for lineage_id, *rest in versions.tuples()},
-        )
+        stored: dict[str, tuple[Any, ...]] = {}
+        still_mine = set()
+        for execution_id, lineage_id, *changing in held.tuples():
+            still_mine.add(execution_id)
+            stored[lineage_id] = tuple(changing)
+        fresh = _fresh_lineages([claim.lineage for claim, _, _ in done], stored)
         now = engine.now()
 
         mine = []

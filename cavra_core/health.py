@@ -177,13 +177,17 @@ def lock_states(connector_ids: Iterable[str]) -> dict[str, ConnectorHealth]:
     is stored and no other writer changes it meanwhile.
     """
     ids = sorted(set(connector_ids))
-    ConnectorState.insert_many(
-        [{"connector_id": connector_id} for connector_id in ids]
-    ).on_conflict_ignore().execute()
     query = ConnectorState.select().where(ConnectorState.connector_id.in_(ids))
     if is_postgres():
         query = query.order_by(ConnectorState.connector_id).for_update()
-    return {row.connector_id: _health(row) for row in query}
+    found = {row.connector_id: _health(row) for row in query}
+    missing = [connector_id for connector_id in ids if connector_id not in found]
+    if missing:  # a connector's first outcome: its row starts now
+        ConnectorState.insert_many(
+            [{"connector_id": connector_id} for connector_id in missing]
+        ).on_conflict_ignore().execute()
+        found.update(lock_states(missing))
+    return found
 
 
 @dataclass

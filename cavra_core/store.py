@@ -778,19 +778,26 @@ def bump_counters(changes: dict[str, int]) -> None:
 
 
 def _write_counters(changes: dict[str, int]) -> None:
-    for name, delta in changes.items():
-        if not delta:
-            continue
-        updated = (
-            Counter.update(value=Counter.value + delta)
-            .where(Counter.name == name)
-            .execute()
-        )
-        if not updated:
-            Counter.insert(name=name, value=delta).on_conflict(
-                conflict_target=[Counter.name],
-                update={Counter.value: Counter.value + delta},
-            ).execute()
+    """Add every change in one upsert, in the order given (the lock order)."""
+    rows = [(name, delta) for name, delta in changes.items() if delta]
+    if not rows:
+        return
+    database = Counter._meta.database.obj
+    database.execute_sql(
+        _counter_upsert_sql(len(rows), database.param),
+        [value for row in rows for value in row],
+    )
+
+
+@functools.cache
+def _counter_upsert_sql(count: int, param: str) -> str:
+    table = Counter._meta.table_name
+    values = ", ".join([f"({param}, {param})"] * count)
+    return (
+        f'INSERT INTO "{table}" ("name", "value") VALUES {values} '
+        f'ON CONFLICT ("name") DO UPDATE SET "value" = "{table}"."value" + '
+        f'excluded."value"'
+    )
 
 
 def read_counters(*names: str) -> dict[str, int]:
