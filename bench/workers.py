@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", default="1,2", help="comma-separated worker counts to run"
     )
-    parser.add_argument("--batch", type=int, default=20, help="claims per batch")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="claims per batch (the service default)"
+    )
     parser.add_argument("--lease", type=float, default=30, help="lease in seconds")
     parser.add_argument(
         "--admin-url",

@@ -156,7 +156,7 @@ class Leases:
 
     worker_id: str = field(default_factory=default_worker_id)
     lease_seconds: float = 30.0
-    batch_size: int = 20
+    batch_size: int = 100
 
     def __post_init__(self) -> None:
         if not WORKER_ID.fullmatch(self.worker_id):

@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--batch",
         type=int,
-        default=20,
-        help="retries claimed in one transaction (1-1000, default 20)",
+        default=100,
+        help="retries claimed in one transaction (1-1000, default 100)",
     )
     serve.add_argument(
         "--worker-id",
