@@ -60,7 +60,11 @@ from cavra_core.errors import (
 from cavra_core.identity import Actor, actor_for
 from cavra_core.lineages import Lineages
 from cavra_core.paging import decode_cursor, encode_cursor, newest_first
-from cavra_core.plan_writer import open_plan_writer, read_lineage_rows
+from cavra_core.plan_writer import (
+    fewer_collections,
+    open_plan_writer,
+    read_lineage_rows,
+)
 from cavra_core.plugins import PluginFailure, PluginHost, build_plugin_manager
 from cavra_core.policy import DEFAULT_POLICY, PolicyError, RetryPolicy
 from cavra_core.recovery import Recovery
@@ -1101,7 +1105,10 @@ class Engine:
             "alert_level": "healthy",
         }
         # The writer owns the plan's one transaction; see cavra_core.plan_writer.
-        with open_plan_writer(self.database, plan, failed_lineage_batch) as writer:
+        with (
+            fewer_collections(),
+            open_plan_writer(self.database, plan, failed_lineage_batch) as writer,
+        ):
             position = 0
             decisions = self.iter_decisions(overrides, now, writer.lineage_batches())
             # PERF(plan): batches taken and counted in C, with no Python
