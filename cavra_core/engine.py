@@ -1105,6 +1105,7 @@ class Engine:
             "alert_level": "healthy",
         }
         # The writer owns the plan's one transaction; see cavra_core.plan_writer.
+        # PERF(plan): the garbage collector runs less often meanwhile.
         with (
             fewer_collections(),
             open_plan_writer(self.database, plan, failed_lineage_batch) as writer,
