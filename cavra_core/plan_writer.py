@@ -23,15 +23,19 @@ being inserted) are in memory.
 :func:`open_plan_writer` picks the background writer unless the caller's
 connection must see the plan: inside a transaction the caller opened, or on
 an in-memory SQLite database, which a second connection would not share.
+While a plan is made, :func:`fewer_collections` keeps the garbage collector
+from walking the batches in flight over and over.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from itertools import chain, islice
 from operator import ge
@@ -320,6 +324,44 @@ def open_plan_writer(
     if database.in_transaction() or _in_memory(database):
         return PlanWriter(database, plan, batch_query)
     return BackgroundPlanWriter(database, plan, batch_query)
+
+
+#: Net new container objects between two young garbage collections while a
+#: plan is made (the interpreter's default is 700).
+PLANNING_GC_THRESHOLD = 20_000
+_collector_lock = threading.Lock()
+_planning = 0
+_saved_threshold: tuple[int, ...] = ()
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """
+    Run the cyclic garbage collector less often while a plan is made.
+
+    A plan allocates millions of small tuples that die young and form no
+    cycles, and with the default threshold the collector walked the live
+    batches about 165 times per 100,000 lineages (0.3 s, holding the GIL, so
+    the writer thread waited too). The young generation's threshold is
+    raised, never lowered; collections still happen, so memory stays bounded
+    if a plugin makes cycles. The threshold is process-wide: it is restored
+    when the last plan running in the process ends.
+    """
+    global _planning, _saved_threshold
+    with _collector_lock:
+        if _planning == 0:
+            _saved_threshold = gc.get_threshold()
+            young, *older = _saved_threshold
+            if young:  # zero: collection is off, and stays so
+                gc.set_threshold(max(young, PLANNING_GC_THRESHOLD), *older)
+        _planning += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _planning -= 1
+            if _planning == 0:
+                gc.set_threshold(*_saved_threshold)
 
 
 def _in_memory(database: peewee.Database) -> bool:

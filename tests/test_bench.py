@@ -10,6 +10,7 @@ tiny sizes so that they keep working.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -234,6 +235,44 @@ def test_a_crash_while_deciding_leaves_no_plan_behind(store) -> None:
     assert RetryPlan.select().count() == 0
     assert RetryDecision.select().count() == 0
     assert writer_threads() == []
+
+
+class ThresholdWatcher:
+    """Notes the collector's young threshold while lineages are decided."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    @hookimpl
+    def cavra_decide_eligibility(self, lineage):
+        self.seen.add(gc.get_threshold()[0])
+        return None
+
+
+def test_a_plan_collects_less_often_and_restores_the_threshold(store) -> None:
+    """The collector's threshold is raised during a plan and restored after."""
+    watcher = ThresholdWatcher()
+    engine = store(watcher)
+    watcher.seen.clear()  # recording the failures decided some already
+    before = gc.get_threshold()
+
+    engine.plan_retries(plan_request(), now=NOW)
+
+    assert watcher.seen == {plan_writer.PLANNING_GC_THRESHOLD}
+    assert gc.get_threshold() == before
+
+
+def test_a_failed_plan_restores_the_collector_threshold(store) -> None:
+    """A plan that raises leaves the collector as it found it."""
+    crash = CrashOnLineage()
+    engine = store(crash)
+    crash.arm(20)
+    before = gc.get_threshold()
+
+    with pytest.raises(Interrupt):
+        engine.plan_retries(plan_request(), now=NOW)
+
+    assert gc.get_threshold() == before
 
 
 def test_a_failing_insert_reaches_the_caller_and_leaves_no_plan(
