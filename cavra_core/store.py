@@ -43,11 +43,22 @@ class StoreError(RuntimeError):
     """The database cannot be opened or migrated; the message says why."""
 
 
+#: What the drivers say when a transaction lost to another writer and was
+#: rolled back: SQLite's busy timeout, PostgreSQL's deadlock detector and
+#: serialisation check. Sending the request again is the cure.
+_BUSY_MESSAGES = (
+    "database is locked",
+    "database is busy",
+    "deadlock detected",
+    "could not serialize access",
+)
+
+
 def is_busy(error: BaseException) -> bool:
     """Whether a database error means the store was busy, not that a query is bad."""
     text = str(error).lower()
-    return isinstance(error, peewee.OperationalError) and (
-        "database is locked" in text or "database is busy" in text
+    return isinstance(error, peewee.OperationalError) and any(
+        message in text for message in _BUSY_MESSAGES
     )
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import peewee
 import pytest
 from falcon import testing
 
@@ -1117,3 +1118,27 @@ def test_the_runner_prints_one_line_serves_and_stops_on_sigterm(sqlite_url) -> N
     assert health["status"] == "ok"
     assert exit_code == 0
     assert process.stdout.read() == ""
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "database is locked",
+        "deadlock detected\nDETAIL:  Process 1 waits for ShareLock on transaction 2",
+        "could not serialize access due to concurrent update",
+    ],
+)
+def test_a_write_lost_to_another_writer_answers_503_with_retry_after(
+    client, engine, monkeypatch, message
+) -> None:
+    def lost(*args, **kwargs):
+        raise peewee.OperationalError(message)
+
+    monkeypatch.setattr(engine, "plan_retries", lost)
+    response = post_json(client, f"{P}/retry-plan", {"generated_by": "ops"})
+
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert "send it again" in response.json["detail"].lower()
+    assert "deadlock" not in response.text and "serialize" not in response.text
