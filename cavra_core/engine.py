@@ -886,14 +886,17 @@ class Engine:
     def record_sent_batch(
         self,
         sent: Sequence[tuple[Mapping[str, Any], Lineage | None, str | None]],
+        states: Mapping[str, ConnectorHealth] | None = None,
     ) -> list[dict[str, Any] | None]:
         """
         Record a worker batch's attempts, each on its lineage (caller's transaction).
 
         ``sent`` holds each attempt with its lineage's row, read and locked
-        in this transaction, and its worker run. The answer holds, in the
-        same order, each recorded attempt, or None where the lineage refused
-        it (it moved on while the retry was out).
+        in this transaction, and its worker run; ``states``, the health of
+        its connectors as :func:`health.lock_states` locked it, when the
+        caller took that lock first (before the lineages: the lock order).
+        The answer holds, in the same order, each recorded attempt, or None
+        where the lineage refused it (it moved on while the retry was out).
 
         The rules are those of one attempt at a time, and so are the results;
         the writing is batched: one insert for the attempts, one update for
@@ -907,7 +910,10 @@ class Engine:
         if not sent:
             return []
         lineage_ids = {row.lineage_id for _, row, _ in sent if row is not None}
-        states = health.lock_states({attempt["connector_id"] for attempt, _, _ in sent})
+        if states is None:
+            states = health.lock_states(
+                {attempt["connector_id"] for attempt, _, _ in sent}
+            )
         prepared = None
         if len(lineage_ids) == len(sent):  # every lineage read, each one once
             prepared = self._prepared_batch(sent, states)

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import peewee
 
-from cavra_core import evidence, metrics, store, validation
+from cavra_core import evidence, health, metrics, store, validation
 from cavra_core.approvals import (
     SKIP_REASONS,
     WORDS_CHANNEL,
@@ -862,7 +862,11 @@ class Executions:
         engine = self.engine
         database = engine.database
         ids = [claim.row.execution_id for claim, _, _ in done]
-        # The claims still held and their lineages, locked in one read.
+        # Connector health first, then the claims still held and their
+        # lineages (one read): the order in which recording one attempt at a
+        # time takes them (health, then the lineages a pause reassesses), so
+        # workers and the API never wait for each other in a circle.
+        states = health.lock_states({claim.row.connector_id for claim, _, _ in done})
         held = (
             Execution.select(Execution.execution_id, Lineage.lineage_id, *_CHANGING)
             .join(Lineage, on=(Lineage.lineage_id == Execution.lineage_id))
@@ -901,7 +905,8 @@ class Executions:
                 [
                     (attempt, fresh.get(row.lineage_id), row.run_id)
                     for row, attempt in sent
-                ]
+                ],
+                states,
             )
         )
         finished: list[Execution] = []

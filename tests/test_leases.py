@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -14,10 +15,12 @@ import psycopg2
 import pytest
 from playhouse.migrations import Runner
 from plugins_fixtures import (
+    DELIVERED,
     T0,
     Clock,
     FakePlugin,
     FakeType,
+    failed,
     package,
     plan_request,
     record_failure,
@@ -874,3 +877,96 @@ def test_a_failed_multi_row_update_raises_peewees_error(engine) -> None:
             store.Lineage, [{"lineage_id": lineage_id, "package": "no-such-package"}]
         )
     assert store.Lineage.get_by_id(lineage_id).package_id != "no-such-package"
+
+
+#: Lineages the workers share in the deadlock test (and half as many imported).
+LINEAGES = 150
+
+
+class PausingType(FakeType):
+    """Refuses some lineages' credentials (a pause), fails or delivers the rest."""
+
+    def __init__(self) -> None:
+        super().__init__("fake")
+
+    def deliver(self, connector, delivery):
+        self.deliveries.append(delivery)
+        time.sleep(0.002)  # long enough for the workers to overlap
+        kind = int(delivery.lineage_id[-6:], 16) % 7
+        if kind == 0:
+            return failed(401, error_class="auth")
+        return DELIVERED if kind % 2 else failed(503)
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+def test_workers_and_an_import_pausing_connectors_never_deadlock(
+    make_engine, caplog, database_url
+) -> None:
+    """
+    Pauses reassess other lineages while workers record theirs: every writer
+    takes connector health before lineages, so none waits in a circle.
+    """
+    caplog.set_level(logging.WARNING)
+    fake = PausingType()
+    connectors = {f"hook-{name}": {"type": "fake"} for name in "abc"}
+    engine = make_engine(
+        connectors, plugins=[FakePlugin(fake)], load_entry_points=False
+    )
+    for n in range(LINEAGES):
+        record_failure(
+            engine,
+            T0 + timedelta(seconds=n),
+            connector_id=f"hook-{'abc'[n % 3]}",
+            evidence=package(f"drill-{n}"),
+        )
+    approved_due(engine, 0)
+    queue_only(engine)
+    errors = []
+
+    def worker(name):
+        try:
+            with store.connected(engine.database):
+                engine.executions.work(
+                    Leases(worker_id=name, batch_size=5),
+                    APPROVER,
+                    lambda: DUE + timedelta(seconds=1),
+                )
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    def importer():
+        try:
+            with store.connected(engine.database):
+                for n in range(LINEAGES, LINEAGES + LINEAGES // 2):
+                    record_failure(
+                        engine,
+                        DUE + timedelta(seconds=2 + n),
+                        connector_id=f"hook-{'abc'[n % 3]}",
+                        status=401,
+                        error_class="auth",
+                        evidence=package(f"drill-{n}"),
+                    )
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=worker, args=(f"w{n}",)) for n in range(4)]
+    threads.append(threading.Thread(target=importer))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    failures = [
+        r.getMessage()
+        for r in caplog.records
+        if "writing a batch failed" in r.getMessage()
+    ]
+    assert failures == []
+    assert set(Counter(d.lineage_id for d in fake.deliveries).values()) == {1}
+    counters, from_rows = _counted_lineages()
+    assert counters == from_rows
