@@ -440,21 +440,29 @@ class Approvals:
         words: dict[str, Word] = {}
         wanted = list(dict.fromkeys(lineage_ids))
         for start in range(0, len(wanted), _CHUNK):
-            rows = (
-                ApprovalItem.select(ApprovalItem, Approval)
-                .join(
-                    Approval,
-                    on=(ApprovalItem.approval_id == Approval.approval_id),
-                    attr="approval",
-                )
-                .where(ApprovalItem.lineage_id.in_(wanted[start : start + _CHUNK]))
-                .order_by(
-                    ApprovalItem.created_at.desc(), ApprovalItem.approval_id.desc()
-                )
+            rows = newest_words_first(
+                wanted[start : start + _CHUNK], ApprovalItem, Approval
             )
             for item in rows:
                 words.setdefault(item.lineage_id, Word(item.approval, item))
         return words
+
+
+def newest_words_first(lineage_ids: Iterable[str], *columns: Any) -> peewee.Query:
+    """
+    ``columns`` of the items covering these lineages with their approvals,
+    newest word first: the first row of a lineage is its latest word.
+    """
+    return (
+        ApprovalItem.select(*columns)
+        .join(
+            Approval,
+            on=(ApprovalItem.approval_id == Approval.approval_id),
+            attr="approval",
+        )
+        .where(ApprovalItem.lineage_id.in_(list(lineage_ids)))
+        .order_by(ApprovalItem.created_at.desc(), ApprovalItem.approval_id.desc())
+    )
 
 
 def _word_given(database: peewee.Database) -> None:

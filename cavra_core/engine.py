@@ -222,13 +222,7 @@ class Engine:
         clock=None,
         four_eyes: bool | None = None,
     ) -> None:
-        # An empty URL given on purpose is a mistake to report, not a reason
-        # to fall back on the default store.
-        self.database_url = (
-            database_url
-            if database_url is not None
-            else os.environ.get("CAVRA_DATABASE_URL") or store.DEFAULT_DATABASE_URL
-        )
+        self.database_url = store.database_url(database_url)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.plugin_manager = build_plugin_manager(
             plugins, load_entry_points=load_entry_points, disabled=disabled_plugins
@@ -922,7 +916,8 @@ class Engine:
             # have reassessed it (a pause lifted, say).
             return [self._one_sent(attempt, run_id) for attempt, _, run_id in sent]
 
-        rows, stored_rows, lineage_changes, folded = prepared
+        stored_rows, lineage_changes, folded = prepared
+        rows = [row for _, row, _ in sent]
         store.insert_rows(DeliveryAttempt, [s for s in stored_rows if s is not None])
         recorded = [
             (row, changes)
@@ -947,7 +942,7 @@ class Engine:
         for row, stored, changes in zip(
             rows, stored_rows, lineage_changes, strict=True
         ):
-            if stored is None or changes is None:
+            if stored is None:  # refused, and so without changes
                 documents.append(None)
                 continue
             metrics.count_delivery("worker", stored["outcome"], stored["connector_id"])
@@ -968,17 +963,16 @@ class Engine:
         self,
         sent: Sequence[tuple[Mapping[str, Any], Lineage, str | None]],
         states: Mapping[str, ConnectorHealth],
-    ) -> tuple[list[Lineage], list[Any], list[Any], dict[str, Any]] | None:
+    ) -> tuple[list[Any], list[Any], dict[str, Any]] | None:
         """
-        A batch's attempt rows, lineage changes and folded connector health,
-        computed without writing; None when the batch must go one at a time.
+        A batch's attempt rows and lineage changes (None for one its lineage
+        refuses) and folded connector health, computed without writing;
+        None when the batch must go one at a time.
         """
-        rows: list[Lineage] = []
         stored_rows: list[dict[str, Any] | None] = []
         lineage_changes: list[dict[str, Any] | None] = []
         folded: dict[str, health.Folded] = {}
         for attempt, row, run_id in sent:
-            rows.append(row)
             connector_id = attempt["connector_id"]
             connector = self.connectors.get(connector_id)
             state = states[connector_id]
@@ -1008,7 +1002,7 @@ class Engine:
             changes.update(self._assessed(row, facts, with_health, changes))
             stored_rows.append(stored)
             lineage_changes.append(changes)
-        return rows, stored_rows, lineage_changes, folded
+        return stored_rows, lineage_changes, folded
 
     def _new_lineage(self, attempt: Mapping[str, Any], connector: Connector) -> Lineage:
         """Start the lineage of a package's first attempt to a connector."""

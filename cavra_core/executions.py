@@ -68,6 +68,7 @@ from cavra_core.approvals import (
     WORDS_CHANNEL,
     WORDS_GIVEN,
     Word,
+    newest_words_first,
     skip_reason,
 )
 from cavra_core.decisions import Decision, format_time_precise
@@ -195,8 +196,6 @@ class _Verdict(NamedTuple):
     reason: str
     #: Until when (microseconds) the lease and the approval seen hold.
     holds_until: int
-    #: The :data:`~cavra_core.approvals.WORDS_GIVEN` counter when checked.
-    words_given: int
 
 
 class _Claim(NamedTuple):
@@ -243,7 +242,7 @@ class Executions:
         judged = self._judge(due, now)
 
         approved: list[tuple[Decision, Word]] = []
-        skipped_by_reason: dict[str, int] = {}
+        skipped_by_reason: Counter[str] = Counter()
         selected: list[dict[str, Any]] = []
         not_approved = 0
         in_use: list[str] = []
@@ -258,7 +257,7 @@ class Executions:
                 in_use.append(word.item.execution_id or "")
                 continue
             if reason:
-                skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + 1
+                skipped_by_reason[reason] += 1
                 if not _skip_recorded(word, reason):
                     execution = self._record_skip(
                         run_id, decision, word, reason, actor, now
@@ -285,8 +284,7 @@ class Executions:
             executed += row.outcome in ("delivered", "failed")
             still_queued += row.outcome in PENDING
             if row.outcome == "skipped":
-                reason = row.skipped_reason
-                skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + 1
+                skipped_by_reason[row.skipped_reason] += 1
         return LiveResult(
             selected=selected,
             selected_count=len(taken),
@@ -716,7 +714,7 @@ class Executions:
         return (
             store.to_micros(now) >= verdict.holds_until
             or (now - checked_at).total_seconds() > RECHECK_SECONDS
-            or words.changed(verdict.words_given)
+            or words.changed()
         )
 
     def _still_holds(
@@ -739,25 +737,23 @@ class Executions:
             execution_id: rest
             for execution_id, *rest in database.execute_sql(
                 _pre_send_sql(database.param, len(claims)),
-                [WORDS_GIVEN, *(claim.row.execution_id for claim in claims)],
+                [claim.row.execution_id for claim in claims],
             )
         }
         now_micros = store.to_micros(now)
         verdicts: dict[str, _Verdict] = {}
         for claim in claims:
             row = claim.row
-            words, owner, expires, attempt_count, state, *word = found.get(
-                row.execution_id, (0, None, None, 0, "", None, None, None, None)
+            owner, expires, attempt_count, state, *word = found.get(
+                row.execution_id, (None, None, 0, "", None, None, None, None)
             )
             if owner != leases.worker_id or expires is None or expires <= now_micros:
-                verdicts[row.execution_id] = _Verdict(LEASE_LOST, 0, words or 0)
+                verdicts[row.execution_id] = _Verdict(LEASE_LOST, 0)
                 continue
             reason, word_until = self._word_holds(
                 row, attempt_count, state, word, now_micros
             )
-            verdicts[row.execution_id] = _Verdict(
-                reason, min(expires, word_until), words or 0
-            )
+            verdicts[row.execution_id] = _Verdict(reason, min(expires, word_until))
         return verdicts
 
     def _word_holds(
@@ -1077,10 +1073,13 @@ class _WordsWatch:
         self.database = database
         self.postgres = store.is_postgres(database)
         self._listening: Any = None
+        #: SQLite: the words counter when the claims were last checked.
+        self._seen = 0
 
     def watch(self) -> None:
-        """Start listening afresh; call it just before the claims are checked."""
+        """Start watching afresh; call it just before the claims are checked."""
         if not self.postgres:
+            self._seen = self._words_given()
             return
         connection = self.database.connection()
         if connection is not self._listening:
@@ -1089,18 +1088,21 @@ class _WordsWatch:
         self._poll(connection)
         connection.notifies.clear()  # what came before is in the check
 
-    def changed(self, seen: int) -> bool:
-        """Whether some word was given since the check that saw counter ``seen``."""
+    def changed(self) -> bool:
+        """Whether some word was given since :meth:`watch`."""
         if not self.postgres:
-            found = self.database.execute_sql(
-                _words_given_sql(self.database.param), (WORDS_GIVEN,)
-            ).fetchone()
-            return (found[0] if found else 0) != seen
+            return self._words_given() != self._seen
         connection = self.database.connection()
         if connection is not self._listening:
             return True  # a new connection: it has not listened yet
         self._poll(connection)
         return bool(connection.notifies)
+
+    def _words_given(self) -> int:
+        found = self.database.execute_sql(
+            _words_given_sql(self.database.param), (WORDS_GIVEN,)
+        ).fetchone()
+        return found[0] if found else 0
 
     def _poll(self, connection: Any) -> None:
         """Read what the server sent; a lost connection raises peewee's error."""
@@ -1196,13 +1198,13 @@ def reconnect(database: peewee.Database) -> None:
         database.connect(reuse_if_open=True)  # still away: the caller tries later
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # by row count, which varies
 def _pre_send_sql(param: str, count: int) -> str:
     """
-    Before sends: for each of ``count`` executions (the parameters: the
-    words counter's name, then their ids), its id, the words counter, the
-    claim's lease, its lineage's progress and the lineage's latest word
-    (approval id, verdict, revoked, expires), in one statement. The latest
+    Before sends: for each of ``count`` executions (the parameters, their
+    ids), its id, the claim's lease, its lineage's progress and the
+    lineage's latest word (approval id, verdict, revoked, expires), in one
+    statement. The latest
     word is taken in the order :meth:`Approvals.latest_words` uses.
 
     ``param`` is the driver's placeholder (``?`` or ``%s``).
@@ -1213,8 +1215,7 @@ def _pre_send_sql(param: str, count: int) -> str:
     approval = Approval._meta.table_name
     ids = ", ".join([param] * count)
     return (
-        f'SELECT e."execution_id", ({_words_given_sql(param)}), '
-        f'e."lease_owner", e."lease_expires_at", '
+        f'SELECT e."execution_id", e."lease_owner", e."lease_expires_at", '
         f'l."attempt_count", l."state", a."approval_id", a."verdict", '
         f'a."revoked_at", a."expires_at" '
         f'FROM "{execution}" AS e '
@@ -1357,19 +1358,13 @@ def _fresh_lineages(
 
 def _latest_verdicts(lineage_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """
-    The latest word on each lineage as (approval id, verdict), in the order
-    :meth:`Approvals.latest_words` uses, without building model rows.
+    The latest word on each lineage as (approval id, verdict), without
+    building model rows.
     """
     latest: dict[str, tuple[str, str]] = {}
-    rows = (
-        ApprovalItem.select(
-            ApprovalItem.lineage_id, Approval.approval_id, Approval.verdict
-        )
-        .join(Approval, on=(ApprovalItem.approval_id == Approval.approval_id))
-        .where(ApprovalItem.lineage_id.in_(lineage_ids))
-        .order_by(ApprovalItem.created_at.desc(), ApprovalItem.approval_id.desc())
-        .tuples()
-    )
+    rows = newest_words_first(
+        lineage_ids, ApprovalItem.lineage_id, Approval.approval_id, Approval.verdict
+    ).tuples()
     for lineage_id, approval_id, verdict in rows:
         latest.setdefault(lineage_id, (approval_id, verdict))
     return latest

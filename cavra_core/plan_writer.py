@@ -36,14 +36,13 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
 from itertools import chain, islice
 from operator import ge
 from typing import Any
 
 import peewee
 
-from cavra_core.store import RetryDecision, RetryPlan
+from cavra_core.store import RetryDecision, RetryPlan, insert_sql
 
 #: Decision rows in database form, in the order of :data:`DECISION_COLUMNS`.
 Rows = list[tuple]
@@ -394,33 +393,28 @@ def insert_decisions(rows: Rows) -> None:
         return
     database = RetryDecision._meta.database
     table = RetryDecision._meta.table_name
-    columns = ", ".join(
-        f'"{RetryDecision._meta.fields[name].column_name}"' for name in DECISION_COLUMNS
+    columns = tuple(
+        RetryDecision._meta.fields[name].column_name for name in DECISION_COLUMNS
     )
     if isinstance(database.obj, peewee.PostgresqlDatabase):
         from psycopg2.extras import execute_values
 
+        names = ", ".join(f'"{column}"' for column in columns)
         cursor = database.cursor()
-        execute_values(cursor, f'INSERT INTO "{table}" ({columns}) VALUES %s', rows)
+        execute_values(cursor, f'INSERT INTO "{table}" ({names}) VALUES %s', rows)
         return
     width = len(DECISION_COLUMNS)
     limit = database.connection().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     per_statement = max(1, min(ROWS_PER_STATEMENT, limit // width))
     whole = len(rows) - len(rows) % per_statement
     cursor = database.cursor()
-    statement = _multi_row_insert(table, columns, width, per_statement)
+    statement = insert_sql(table, columns, per_statement, "?")
     for start in range(0, whole, per_statement):
         values = list(chain.from_iterable(rows[start : start + per_statement]))
         cursor.execute(statement, values)
     if whole < len(rows):
-        cursor.executemany(_multi_row_insert(table, columns, width, 1), rows[whole:])
+        cursor.executemany(insert_sql(table, columns, 1, "?"), rows[whole:])
 
 
 #: Rows per multi-row INSERT on SQLite (fewer where the variable limit is low).
 ROWS_PER_STATEMENT = 1000
-
-
-@lru_cache(maxsize=8)
-def _multi_row_insert(table: str, columns: str, width: int, count: int) -> str:
-    row = "(" + ", ".join(["?"] * width) + ")"
-    return f'INSERT INTO "{table}" ({columns}) VALUES ' + ", ".join([row] * count)

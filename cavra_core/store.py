@@ -645,8 +645,11 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> No
         return
     fields = [model._meta.fields[name] for name in rows[0]]
     database = model._meta.database.obj
-    sql = _insert_sql(
-        model, tuple(f.column_name for f in fields), len(rows), database.param
+    sql = insert_sql(
+        model._meta.table_name,
+        tuple(f.column_name for f in fields),
+        len(rows),
+        database.param,
     )
     values = [field.db_value(row[field.name]) for row in rows for field in fields]
     database.execute_sql(sql, values)
@@ -709,18 +712,20 @@ def update_rows(
     return cursor.rowcount
 
 
-@functools.cache
-def _insert_sql(
-    model: type[BaseModel], columns: tuple[str, ...], count: int, param: str
-) -> str:
+#: Statements are cached by shape, rows included: a batch's row count varies,
+#: so the caches are bounded.
+_SHAPES = 64
+
+
+@functools.lru_cache(maxsize=_SHAPES)
+def insert_sql(table: str, columns: tuple[str, ...], count: int, param: str) -> str:
+    """A plain ``INSERT`` of ``count`` rows of ``columns``; ``param``: ``?``/``%s``."""
     one = "(" + ", ".join([param] * len(columns)) + ")"
     names = ", ".join(f'"{c}"' for c in columns)
-    return f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ' + ", ".join(
-        [one] * count
-    )
+    return f'INSERT INTO "{table}" ({names}) VALUES ' + ", ".join([one] * count)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_SHAPES)
 def _update_from_values_sql(
     model: type[BaseModel],
     columns: tuple[str, ...],
@@ -800,14 +805,13 @@ def _write_counters(changes: dict[str, int]) -> None:
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_SHAPES)
 def _counter_upsert_sql(count: int, param: str) -> str:
     table = Counter._meta.table_name
-    values = ", ".join([f"({param}, {param})"] * count)
     return (
-        f'INSERT INTO "{table}" ("name", "value") VALUES {values} '
-        f'ON CONFLICT ("name") DO UPDATE SET "value" = "{table}"."value" + '
-        f'excluded."value"'
+        insert_sql(table, ("name", "value"), count, param)
+        + f' ON CONFLICT ("name") DO UPDATE SET "value" = "{table}"."value" + '
+        'excluded."value"'
     )
 
 
@@ -827,6 +831,19 @@ def counters_with_prefix(prefix: str) -> dict[str, int]:
     """
     rows = Counter.select().where(Counter.name.startswith(prefix))
     return {row.name: int(row.value) for row in rows}
+
+
+def database_url(given: str | None = None) -> str:
+    """
+    The store to open: ``given``, else ``CAVRA_DATABASE_URL``, else the default.
+
+    An empty ``given`` is returned as it is: a URL given on purpose but empty
+    (an unset variable in a script, say) is a mistake the store reports, not
+    a reason to fall back on the default store.
+    """
+    if given is not None:
+        return given
+    return os.environ.get("CAVRA_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def open_database(url: str | None = None) -> peewee.Database:

@@ -43,8 +43,8 @@ from cavra_core.engine import MAX_SERVICE_DELIVERIES
 from cavra_core.executions import WORKER_ID, Leases, default_worker_id
 from cavra_core.plugins import PluginSetupError
 from cavra_core.store import (
-    DEFAULT_DATABASE_URL,
     StoreError,
+    database_url,
     describe_url,
     migrate,
     open_database,
@@ -555,12 +555,7 @@ def command_migrate(arguments: argparse.Namespace) -> int:
 
 def _database_url(arguments: argparse.Namespace) -> str:
     """The store a command uses: ``--database``, the environment or the default."""
-    given = getattr(arguments, "database", None)
-    if given is not None:
-        # An empty --database is a mistake (an unset variable in a script,
-        # say), reported by the store rather than read as "the default".
-        return given
-    return os.environ.get("CAVRA_DATABASE_URL") or DEFAULT_DATABASE_URL
+    return database_url(getattr(arguments, "database", None))
 
 
 def _open_store(

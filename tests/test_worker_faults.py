@@ -37,6 +37,7 @@ from workers_support import (
     cloned_database,
     connectors_table,
     create_database,
+    delivered_per_lineage,
     drop_connections,
     drop_database,
     execution_documents,
@@ -44,7 +45,6 @@ from workers_support import (
     kill_all,
     lineage_states,
     logs_of,
-    query,
     seed_approved_retries,
     start_workers,
     stop_all,
@@ -124,15 +124,6 @@ class Report:
 
     # pytest shows an assertion's message object through repr().
     __repr__ = __str__
-
-
-def delivered_per_lineage(database_url: str) -> Counter[str]:
-    rows = query(
-        database_url,
-        'SELECT "lineage_id", count(*) FROM "execution" '
-        'WHERE "outcome" = \'delivered\' GROUP BY "lineage_id"',
-    )
-    return Counter(dict(rows))
 
 
 def assert_exactly_once(

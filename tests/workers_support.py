@@ -395,29 +395,35 @@ def query(database_url: str, sql: str, *parameters: Any) -> list[tuple]:
         connection.close()
 
 
-def execution_outcomes(database_url: str) -> Counter[str]:
-    """Executions by outcome (``queued``, ``claimed``, ``delivered``...)."""
+def counted(database_url: str, table: str, column: str, where: str = "") -> Counter:
+    """Rows of ``table`` counted by ``column`` (``where``: an SQL condition)."""
+    condition = f" WHERE {where}" if where else ""
     rows = query(
-        database_url, 'SELECT "outcome", count(*) FROM "execution" GROUP BY "outcome"'
+        database_url,
+        f'SELECT "{column}", count(*) FROM "{table}"{condition} GROUP BY "{column}"',
     )
     return Counter(dict(rows))
+
+
+def execution_outcomes(database_url: str) -> Counter[str]:
+    """Executions by outcome (``queued``, ``claimed``, ``delivered``...)."""
+    return counted(database_url, "execution", "outcome")
 
 
 def lineage_states(database_url: str) -> Counter[str]:
-    rows = query(
-        database_url, 'SELECT "state", count(*) FROM "lineage" GROUP BY "state"'
-    )
-    return Counter(dict(rows))
+    return counted(database_url, "lineage", "state")
+
+
+def delivered_per_lineage(database_url: str) -> Counter[str]:
+    """Delivered executions, by lineage."""
+    return counted(database_url, "execution", "lineage_id", "\"outcome\" = 'delivered'")
 
 
 def worker_attempts_per_lineage(database_url: str) -> Counter[str]:
     """Attempts a worker recorded (``source = 'worker'``), by lineage."""
-    rows = query(
-        database_url,
-        'SELECT "lineage_id", count(*) FROM "delivery_attempt" '
-        'WHERE "source" = \'worker\' GROUP BY "lineage_id"',
+    return counted(
+        database_url, "delivery_attempt", "lineage_id", "\"source\" = 'worker'"
     )
-    return Counter(dict(rows))
 
 
 def execution_documents(database_url: str, connectors: Path) -> list[dict[str, Any]]:
