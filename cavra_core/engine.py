@@ -595,11 +595,14 @@ class Engine:
         )
         recorded = self._record_sent_attempt(attempt, source, worker_run_id)
         log.info(
-            "delivery attempt recorded lineage_id=%s attempt=%d outcome=%s status=%s",
+            "delivery attempt recorded connector_id=%s lineage_id=%s attempt=%d "
+            "outcome=%s status=%s error_class=%s",
+            attempt["connector_id"],
             lineage_id,
             attempt_number,
             attempt["outcome"],
             attempt["http_status"],
+            attempt["error_class"],
         )
         return recorded
 

@@ -35,10 +35,17 @@ so that several workers can share it and a worker that dies loses nothing:
    transaction that releases the claims, and only while this worker still
    holds them.
 
+The database work of a worker runs on a thread of its own, beside the
+sends (:class:`_StoreWork`): while one batch is sent, the next one is
+claimed and the one before is recorded, so a delivery waits for no
+database round trip but its batch's check.
+
 A worker killed between a send and its record has its lease rescued; the
 rescuer sends again with the same event id. So the receiver gets every
 retry, and a receiver that keeps event ids sees each once; at most the
-batch a dead worker had in hand can reach a receiver twice.
+two batches a dead worker had on the wire or unrecorded (the one being
+sent and the one before it, while it is recorded) can reach a receiver
+twice.
 
 Approvals that do not hold (denied, revoked, expired, used, stale) give a
 ``skipped`` execution with the reason, so the run shows why it sent nothing.
@@ -50,15 +57,17 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import re
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import peewee
 
@@ -129,6 +138,8 @@ _OUTCOME_FIELDS = (
 )
 #: What a lost connection or a busy store raises; a worker waits and goes on.
 DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
+T = TypeVar("T")
 #: Queue writes go in chunks of this many executions.
 _CHUNK = 200
 
@@ -203,6 +214,19 @@ class _Claim(NamedTuple):
 
     row: Execution
     lineage: Lineage
+
+
+class _Batch(NamedTuple):
+    """Claims taken together, with their packages' documents by id."""
+
+    claims: list[_Claim]
+    #: None when they could not be read with the claims.
+    packages: dict[str, dict[str, Any]] | None
+
+
+#: A checked claim: the attempt sent (None when it was not) and the reason
+#: it was not sent (``""`` when it was).
+_Outcome = tuple[_Claim, dict[str, Any] | None, str]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -438,41 +462,50 @@ class Executions:
         sent = 0
         failures = 0
         words = _WordsWatch(database)  # listens once, not once a batch
-        with _Heartbeat(database, leases, clock) as heartbeat:
-            while not stop():
-                try:
-                    claims = self._claim_batch(leases, actor, clock())
-                    if claims:
-                        with heartbeat.holding(c.row.execution_id for c in claims):
-                            count, failure = self._send_batch(
-                                claims, leases, actor, clock, stop, words
-                            )
-                        sent += count
-                        if failure is not None:
-                            raise failure
-                        failures = 0
+        with (
+            _Heartbeat(database, leases, clock) as heartbeat,
+            _StoreWork(database) as behind,
+        ):
+            line = _Pipeline(self, behind, heartbeat, leases, actor, clock)
+            try:
+                while not stop():
+                    try:
+                        batch, claimed_ahead = line.next_batch(stop)
+                        if batch.claims:
+                            count, failure = line.send(batch, stop, words)
+                            sent += count
+                            if failure is not None:
+                                raise failure
+                            failures = 0
+                            continue
+                        line.wait_recorded()
+                        if claimed_ahead:
+                            # Claimed before the last batch put its unsent
+                            # claims back: look again before concluding.
+                            continue
+                        more = run_id is not None and self.pending(run_id)
+                        if until is not None:
+                            more = more or not until()
+                    except DATABASE_ERRORS as error:
+                        # A busy store or a lost connection. Claims this worker
+                        # could not record or release are no longer in hand: the
+                        # heartbeat leaves them, and once their lease runs out any
+                        # worker (this one too) rescues them.
+                        failures += 1
+                        log.warning(
+                            "claiming retries failed worker_id=%s error=%s tries=%d",
+                            leases.worker_id,
+                            type(error).__name__,
+                            failures,
+                        )
+                        reconnect(database)
+                        time.sleep(min(5.0, POLL_SECONDS * 2**failures))
                         continue
-                    more = run_id is not None and self.pending(run_id)
-                    if until is not None:
-                        more = more or not until()
-                except DATABASE_ERRORS as error:
-                    # A busy store or a lost connection. Claims this worker
-                    # could not record or release are no longer in hand: the
-                    # heartbeat leaves them, and once their lease runs out any
-                    # worker (this one too) rescues them.
-                    failures += 1
-                    log.warning(
-                        "claiming retries failed worker_id=%s error=%s tries=%d",
-                        leases.worker_id,
-                        type(error).__name__,
-                        failures,
-                    )
-                    reconnect(database)
-                    time.sleep(min(5.0, POLL_SECONDS * 2**failures))
-                    continue
-                if not more:
-                    break
-                time.sleep(POLL_SECONDS)
+                    if not more:
+                        break
+                    time.sleep(POLL_SECONDS)
+            finally:
+                line.settle()
         return sent
 
     def pending(self, run_id: str) -> bool:
@@ -627,18 +660,39 @@ class Executions:
         Send the claims one after the other, then record them all at once.
 
         Returns the number sent, and the database error that ended the
-        sending early, if one did: an error before a send (the approval read
-        again, say) stops the batch there; what was sent is recorded and the
-        rest is put back in the queue, both tried again until the database
-        answers, and the caller waits before it claims again.
+        sending early, if one did (see :meth:`_send_claims`).
         """
-        done: list[tuple[_Claim, dict[str, Any] | None, str]] = []
+        done, unsent, failure = self._send_claims(claims, leases, clock, stop, words)
+        self._record_batch(done, unsent, leases, actor)
+        return sum(1 for _, attempt, _ in done if attempt is not None), failure
+
+    def _send_claims(
+        self,
+        claims: Sequence[_Claim],
+        leases: Leases,
+        clock: Callable[[], datetime],
+        stop: Callable[[], bool],
+        words: _WordsWatch | None = None,
+        packages: Mapping[str, dict[str, Any]] | None = None,
+    ) -> tuple[list[_Outcome], list[_Claim], Exception | None]:
+        """
+        Send the claims one after the other; record nothing.
+
+        Returns what became of each claim that was checked (its attempt, or
+        the reason it was not sent), the claims left unsent, and the
+        database error that ended the sending early, if one did: an error
+        before a send (the approval read again, say) stops the batch there;
+        :meth:`_record_batch` then records what was sent and puts the rest
+        back in the queue, and the caller waits before it claims again.
+        """
+        done: list[_Outcome] = []
         unsent: list[_Claim] = []
         failure: Exception | None = None
-        try:
-            packages = self.engine.load_packages(c.row.package_id for c in claims)
-        except DATABASE_ERRORS as error:
-            packages, failure = {}, error
+        if packages is None:
+            try:
+                packages = self.engine.load_packages(c.row.package_id for c in claims)
+            except DATABASE_ERRORS as error:
+                packages, failure = {}, error
         verdicts: dict[str, _Verdict] = {}
         checked_at: datetime | None = None
         words = words or _WordsWatch(self.engine.database)
@@ -683,21 +737,34 @@ class Executions:
                 unsent.append(claim)
                 continue
             done.append((claim, attempt, ""))
+        return done, unsent, failure
+
+    def _record_batch(
+        self,
+        done: Sequence[_Outcome],
+        unsent: Sequence[_Claim],
+        leases: Leases,
+        actor: Actor,
+    ) -> None:
+        """
+        Record a sent batch's outcomes and put its unsent claims back in the
+        queue, each tried again until the database answers (see
+        :meth:`_with_retries`).
+        """
         if done:
             self._with_retries(
-                lambda: self._write_outcomes(done, leases, actor),
+                functools.partial(self._write_outcomes, done, leases, actor),
                 leases,
                 "outcomes not recorded",
                 [claim.row.execution_id for claim, _, _ in done],
             )
         if unsent:
             self._with_retries(
-                lambda: self._release(unsent, leases),
+                functools.partial(self._release, unsent, leases),
                 leases,
                 "claims not released",
                 [claim.row.execution_id for claim in unsent],
             )
-        return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
     def _check_is_old(
         self,
@@ -839,7 +906,7 @@ class Executions:
 
     def _write_outcomes(
         self,
-        done: Sequence[tuple[_Claim, dict[str, Any] | None, str]],
+        done: Sequence[_Outcome],
         leases: Leases,
         actor: Actor,
     ) -> None:
@@ -937,11 +1004,15 @@ class Executions:
         for row in finished:
             if row.outcome != "skipped":
                 log.info(
-                    "retry sent execution_id=%s lineage_id=%s attempt=%d outcome=%s",
+                    "retry sent execution_id=%s connector_id=%s lineage_id=%s "
+                    "attempt=%d outcome=%s status=%s error_class=%s",
                     row.execution_id,
+                    row.connector_id,
                     row.lineage_id,
                     row.attempt_number,
                     row.outcome,
+                    row.http_status,
+                    row.error_class,
                 )
 
     def _finish_skipped(
@@ -1110,14 +1181,211 @@ class _WordsWatch:
             connection.poll()
 
 
+class _Pipeline:
+    """
+    The batches of one :meth:`Executions.work` call, on their way from the
+    queue to the record: while the caller sends one batch, the store thread
+    claims the next one and records the one before.
+    """
+
+    def __init__(
+        self,
+        executions: Executions,
+        behind: _StoreWork,
+        heartbeat: _Heartbeat,
+        leases: Leases,
+        actor: Actor,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.executions = executions
+        self.behind = behind
+        self.heartbeat = heartbeat
+        self.leases = leases
+        self.actor = actor
+        self.clock = clock
+        #: The next batch, claimed while the last one was sent.
+        self.ahead: Future[_Batch] | None = None
+        #: The record of the last batch sent.
+        self.recording: Future[None] | None = None
+
+    def next_batch(self, stop: Callable[[], bool]) -> tuple[_Batch, bool]:
+        """
+        The next batch to send, and whether it was claimed ahead. Unless
+        ``stop()`` says to stop, the batch after it is claimed now.
+        """
+        claiming, self.ahead = self.ahead, None
+        claimed_ahead = claiming is not None
+        if claiming is None:
+            claiming = self._claim()
+        batch = claiming.result()
+        if batch.claims and not stop():
+            self.ahead = self._claim()
+        return batch, claimed_ahead
+
+    def send(
+        self, batch: _Batch, stop: Callable[[], bool], words: _WordsWatch
+    ) -> tuple[int, Exception | None]:
+        """
+        Send a batch and hand it to the store thread to be recorded; the
+        number sent, and the database error that ended the sending early.
+
+        A database error of the batch before's record is raised here.
+        """
+        executions = self.executions
+        done, unsent, failure = executions._send_claims(
+            batch.claims, self.leases, self.clock, stop, words, batch.packages
+        )
+        ids = [claim.row.execution_id for claim in batch.claims]
+        previous, self.recording = (
+            self.recording,
+            self.behind.submit(functools.partial(self._record, done, unsent, ids)),
+        )
+        if previous is not None:
+            previous.result()
+        return sum(1 for _, attempt, _ in done if attempt is not None), failure
+
+    def wait_recorded(self) -> None:
+        """Wait for the last batch's record; raise its database error."""
+        recording, self.recording = self.recording, None
+        if recording is not None:
+            recording.result()
+
+    def settle(self) -> None:
+        """
+        At the end: wait for the last record, and put a batch claimed ahead
+        but not sent back in the queue. Database errors were logged where
+        they were raised; claims left in hand run out and are rescued.
+        """
+        with contextlib.suppress(*DATABASE_ERRORS):
+            self.wait_recorded()
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return
+        try:
+            claims = ahead.result().claims
+        except DATABASE_ERRORS:
+            return
+        if not claims:
+            return
+        executions = self.executions
+        ids = [claim.row.execution_id for claim in claims]
+        release = functools.partial(executions._release, claims, self.leases)
+        try:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                self.behind.submit(
+                    functools.partial(
+                        executions._with_retries,
+                        release,
+                        self.leases,
+                        "claims not released",
+                        ids,
+                    )
+                ).result()
+        finally:
+            self.heartbeat.drop(ids)
+
+    def _claim(self) -> Future[_Batch]:
+        """
+        Claim a batch with its packages on the store thread (the clock is
+        read here); the heartbeat extends its claims from the moment they
+        are taken.
+        """
+        executions = self.executions
+        now = self.clock()
+
+        def claim() -> _Batch:
+            claims = executions._claim_batch(self.leases, self.actor, now)
+            self.heartbeat.hold(claim.row.execution_id for claim in claims)
+            try:
+                packages = executions.engine.load_packages(
+                    claim.row.package_id for claim in claims
+                )
+            except DATABASE_ERRORS:
+                return _Batch(claims, None)  # the sender reads them, or fails
+            return _Batch(claims, packages)
+
+        return self.behind.submit(claim)
+
+    def _record(
+        self, done: Sequence[_Outcome], unsent: Sequence[_Claim], ids: Sequence[str]
+    ) -> None:
+        """Record a sent batch (store thread), then stop extending its claims."""
+        try:
+            self.executions._record_batch(done, unsent, self.leases, self.actor)
+        finally:
+            self.heartbeat.drop(ids)
+
+
+class _StoreWork:
+    """
+    A worker's claims and records, run one after the other on a thread with
+    a database connection of its own, so that the sends of one batch do not
+    wait for the database work around them: the next batch is claimed, and
+    the last one recorded, while this one is on the wire.
+
+    Jobs run in the order they were submitted, so a batch's record always
+    comes after the claim it was sent from. A job's database error is
+    handed to whoever waits for its result, after this thread's connection
+    was dropped and opened again. An in-memory SQLite database cannot be
+    shared by two connections: there, jobs run at once in the caller.
+    """
+
+    def __init__(self, database: peewee.Database) -> None:
+        self.database = database
+        self.inline = isinstance(database, peewee.SqliteDatabase) and (
+            database.database in ("", ":memory:")
+        )
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(
+            target=self._serve, name="worker-store", daemon=True
+        )
+
+    def __enter__(self) -> _StoreWork:
+        if not self.inline:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.inline:
+            self._jobs.put(None)
+            self._thread.join()
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Run ``job`` after those submitted before it; its future result."""
+        future: Future[T] = Future()
+        if self.inline:
+            self._run(job, future)
+        else:
+            self._jobs.put((job, future))
+        return future
+
+    def _serve(self) -> None:
+        with store.connected(self.database):
+            while (item := self._jobs.get()) is not None:
+                self._run(*item)
+
+    def _run(self, job: Callable[[], Any], future: Future[Any]) -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            result = job()
+        except BaseException as error:  # the waiter decides what it means
+            if isinstance(error, DATABASE_ERRORS) and not self.inline:
+                reconnect(self.database)
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 class _Heartbeat:
     """
     Extend the leases a worker holds while it works, from a thread of its own.
 
-    Every third of the lease, the expiry of the claims in hand (the batch
-    being sent and recorded) moves to a full lease from now, so a long
-    delivery keeps its claim, and a dead worker's claims, or claims a worker
-    could not record or release, run out after one lease.
+    Every third of the lease, the expiry of the claims in hand (claimed
+    ahead, being sent, being recorded) moves to a full lease from now, so a
+    long delivery keeps its claim, and a dead worker's claims, or claims a
+    worker could not record or release, run out after one lease.
     """
 
     def __init__(
@@ -1129,7 +1397,8 @@ class _Heartbeat:
         self.database = database
         self.leases = leases
         self.clock = clock
-        self.in_hand: tuple[str, ...] = ()
+        self._in_hand: set[str] = set()
+        self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self._beat, name=f"lease-heartbeat-{leases.worker_id}", daemon=True
@@ -1143,14 +1412,20 @@ class _Heartbeat:
         self.stopping.set()
         self.thread.join()
 
-    @contextlib.contextmanager
-    def holding(self, execution_ids: Iterable[str]) -> Iterator[None]:
-        """Extend these claims while the block runs, and no longer."""
-        self.in_hand = tuple(execution_ids)
-        try:
-            yield
-        finally:
-            self.in_hand = ()
+    def hold(self, execution_ids: Iterable[str]) -> None:
+        """Extend these claims from now on, until :meth:`drop`."""
+        with self._lock:
+            self._in_hand.update(execution_ids)
+
+    def drop(self, execution_ids: Iterable[str]) -> None:
+        """Stop extending these claims."""
+        with self._lock:
+            self._in_hand.difference_update(execution_ids)
+
+    @property
+    def in_hand(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._in_hand))
 
     def _beat(self) -> None:
         every = self.leases.lease_seconds / 3

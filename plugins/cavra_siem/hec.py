@@ -623,7 +623,8 @@ class HecConnectorType:
         result: DeliveryResult,
         hec_code: int | None = None,
     ) -> DeliveryResult:
-        log.info(
+        # At debug: whoever asked for the delivery logs its outcome at info.
+        log.debug(
             "hec delivery connector=%s lineage=%s attempt=%d outcome=%s "
             "status=%s hec_code=%s error_class=%s",
             connector.connector_id,

@@ -893,7 +893,8 @@ def _failed(
 def _log_result(
     connector: Connector, delivery: Delivery, result: DeliveryResult
 ) -> None:
-    log.info(
+    # At debug: whoever asked for the delivery logs its outcome at info.
+    log.debug(
         "syslog delivery connector=%s lineage=%s attempt=%d outcome=%s error_class=%s",
         connector.connector_id,
         delivery.lineage_id,

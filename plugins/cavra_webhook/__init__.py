@@ -569,7 +569,8 @@ def _discard_body(response: urllib3.BaseHTTPResponse) -> None:
 def _log_result(
     connector: Connector, delivery: Delivery, result: DeliveryResult
 ) -> None:
-    log.info(
+    # At debug: whoever asked for the delivery logs its outcome at info.
+    log.debug(
         "webhook delivery connector=%s lineage=%s attempt=%d outcome=%s "
         "status=%s error_class=%s",
         connector.connector_id,
