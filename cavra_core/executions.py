@@ -1326,15 +1326,11 @@ class _StoreWork:
     Jobs run in the order they were submitted, so a batch's record always
     comes after the claim it was sent from. A job's database error is
     handed to whoever waits for its result, after this thread's connection
-    was dropped and opened again. An in-memory SQLite database cannot be
-    shared by two connections: there, jobs run at once in the caller.
+    was dropped and opened again.
     """
 
     def __init__(self, database: peewee.Database) -> None:
         self.database = database
-        self.inline = isinstance(database, peewee.SqliteDatabase) and (
-            database.database in ("", ":memory:")
-        )
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -1343,22 +1339,17 @@ class _StoreWork:
         )
 
     def __enter__(self) -> _StoreWork:
-        if not self.inline:
-            self._thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self.inline:
-            self._jobs.put(None)
-            self._thread.join()
+        self._jobs.put(None)
+        self._thread.join()
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
         """Run ``job`` after those submitted before it; its future result."""
         future: Future[T] = Future()
-        if self.inline:
-            self._run(job, future)
-        else:
-            self._jobs.put((job, future))
+        self._jobs.put((job, future))
         return future
 
     def _serve(self) -> None:
@@ -1371,7 +1362,7 @@ class _StoreWork:
         try:
             result = job()
         except BaseException as error:  # the waiter decides what it means
-            if isinstance(error, DATABASE_ERRORS) and not self.inline:
+            if isinstance(error, DATABASE_ERRORS):
                 reconnect(self.database)
             future.set_exception(error)
         else:

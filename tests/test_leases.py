@@ -970,3 +970,121 @@ def test_workers_and_an_import_pausing_connectors_never_deadlock(
     assert set(Counter(d.lineage_id for d in fake.deliveries).values()) == {1}
     counters, from_rows = _counted_lineages()
     assert counters == from_rows
+
+
+# -- the store thread: claims ahead, records behind ---------------------------------
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` (a database read from the sending thread) until true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def outcomes_now() -> Counter:
+    return Counter(
+        outcome for (outcome,) in Execution.select(Execution.outcome).tuples()
+    )
+
+
+def test_the_next_batch_is_claimed_while_one_is_sent(engine, fake) -> None:
+    approved_due(engine, 4)
+    queue_only(engine)
+    seen = []
+
+    def first_delivery(delivery) -> None:
+        if not seen:
+            # The batch on the wire and the one claimed ahead: all four.
+            seen.append(wait_for(lambda: outcomes_now()["claimed"] == 4))
+
+    fake.on_deliver = first_delivery
+    sent = engine.executions.work(
+        Leases(worker_id="worker-a", batch_size=2), APPROVER, lambda: DUE
+    )
+
+    assert seen == [True]
+    assert sent == 4
+    assert outcomes_now() == Counter(delivered=4)
+    assert sorted(event_ids(fake)) == sorted(set(event_ids(fake)))
+
+
+def test_a_batch_is_recorded_while_the_next_one_is_sent(engine, fake) -> None:
+    approved_due(engine, 4)
+    queue_only(engine)
+    seen = []
+
+    def third_delivery(delivery) -> None:
+        if len(fake.deliveries) == 3:
+            # The first batch of two gets its outcomes while the second is sent.
+            seen.append(wait_for(lambda: outcomes_now()["delivered"] == 2))
+
+    fake.on_deliver = third_delivery
+    sent = engine.executions.work(
+        Leases(worker_id="worker-a", batch_size=2), APPROVER, lambda: DUE
+    )
+
+    assert seen == [True]
+    assert sent == 4
+    assert outcomes_now() == Counter(delivered=4)
+    attempts = DeliveryAttempt.select().where(DeliveryAttempt.source == "worker")
+    assert attempts.count() == 4
+
+
+def test_a_stopped_worker_puts_the_batch_claimed_ahead_back(engine, fake) -> None:
+    approved_due(engine, 5)
+    queue_only(engine)
+    assert outcomes_now() == Counter(queued=5)
+
+    sent = engine.executions.work(
+        Leases(worker_id="worker-a", batch_size=2),
+        APPROVER,
+        lambda: DUE,
+        stop=lambda: len(fake.deliveries) >= 1,
+    )
+
+    # One sent; its batch's second claim and the two claimed ahead go back.
+    assert sent == 1
+    assert outcomes_now() == Counter(delivered=1, queued=4)
+    assert all(
+        row.lease_owner is None and row.lease_expires_at is None
+        for row in executions()
+        if row.outcome == "queued"
+    )
+    assert (
+        engine.executions.work(Leases(worker_id="worker-b"), APPROVER, lambda: DUE) == 4
+    )
+    assert outcomes_now() == Counter(delivered=5)
+    assert sorted(event_ids(fake)) == sorted(set(event_ids(fake)))
+
+
+def test_the_heartbeat_extends_the_batch_claimed_ahead(engine, fake) -> None:
+    approved_due(engine, 2)
+    queue_only(engine)
+    leases = Leases(worker_id="worker-a", lease_seconds=1, batch_size=1)
+    seen = []
+
+    def long_first_delivery(delivery) -> None:
+        if seen:
+            return
+        # The batch claimed ahead waits for this one to end; its lease moves
+        # on with the heartbeat, so nobody may rescue it meanwhile.
+        assert wait_for(lambda: outcomes_now()["claimed"] == 2)
+        ahead = Execution.get(Execution.lineage_id != delivery.lineage_id)
+        seen.append(ahead.lease_expires_at)
+        time.sleep(1.2)
+        seen.append(Execution.get_by_id(ahead.execution_id).lease_expires_at)
+
+    fake.on_deliver = long_first_delivery
+    started = time.monotonic()
+    engine.executions.work(
+        leases, APPROVER, lambda: DUE + timedelta(seconds=time.monotonic() - started)
+    )
+
+    at_claim, after = seen
+    assert after > at_claim
+    assert outcomes_now() == Counter(delivered=2)
+    assert all(row.rescue_count == 0 for row in executions())
