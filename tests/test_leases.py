@@ -991,45 +991,42 @@ def outcomes_now() -> Counter:
     )
 
 
-def test_the_next_batch_is_claimed_while_one_is_sent(engine, fake) -> None:
+def work_in_pairs_watching(engine, fake, nth: int, condition) -> bool:
+    """
+    Four approved retries sent in batches of two; during the ``nth``
+    delivery, wait for ``condition``. Whether it came true; every retry
+    must have been delivered once.
+    """
     approved_due(engine, 4)
     queue_only(engine)
     seen = []
 
-    def first_delivery(delivery) -> None:
-        if not seen:
-            # The batch on the wire and the one claimed ahead: all four.
-            seen.append(wait_for(lambda: outcomes_now()["claimed"] == 4))
+    def watch(delivery) -> None:
+        if len(fake.deliveries) == nth:
+            seen.append(wait_for(condition))
 
-    fake.on_deliver = first_delivery
+    fake.on_deliver = watch
     sent = engine.executions.work(
         Leases(worker_id="worker-a", batch_size=2), APPROVER, lambda: DUE
     )
-
-    assert seen == [True]
     assert sent == 4
     assert outcomes_now() == Counter(delivered=4)
     assert sorted(event_ids(fake)) == sorted(set(event_ids(fake)))
+    return seen == [True]
+
+
+def test_the_next_batch_is_claimed_while_one_is_sent(engine, fake) -> None:
+    # During the first send: the batch on the wire and the one claimed ahead.
+    assert work_in_pairs_watching(
+        engine, fake, 1, lambda: outcomes_now()["claimed"] == 4
+    )
 
 
 def test_a_batch_is_recorded_while_the_next_one_is_sent(engine, fake) -> None:
-    approved_due(engine, 4)
-    queue_only(engine)
-    seen = []
-
-    def third_delivery(delivery) -> None:
-        if len(fake.deliveries) == 3:
-            # The first batch of two gets its outcomes while the second is sent.
-            seen.append(wait_for(lambda: outcomes_now()["delivered"] == 2))
-
-    fake.on_deliver = third_delivery
-    sent = engine.executions.work(
-        Leases(worker_id="worker-a", batch_size=2), APPROVER, lambda: DUE
+    # During the third send: the first batch has its outcomes.
+    assert work_in_pairs_watching(
+        engine, fake, 3, lambda: outcomes_now()["delivered"] == 2
     )
-
-    assert seen == [True]
-    assert sent == 4
-    assert outcomes_now() == Counter(delivered=4)
     attempts = DeliveryAttempt.select().where(DeliveryAttempt.source == "worker")
     assert attempts.count() == 4
 
