@@ -857,14 +857,19 @@ def open_database(url: str | None = None) -> peewee.Database:
     if scheme == "sqlite":
         path = url[len("sqlite:///") :]
         if not path:
+            raise StoreError("a SQLite URL needs a file: sqlite:///PATH")
+        if path == ":memory:":
+            # Each connection to ":memory:" is a database of its own, and
+            # cavra opens several (per request, per worker thread, for
+            # migrations): the tables would be gone at the first one.
             raise StoreError(
-                "a SQLite URL needs a file: sqlite:///PATH (sqlite:///:memory: "
-                "for a store that lasts as long as the process)"
+                "an in-memory SQLite store is not supported: cavra opens more "
+                "than one connection; use a file, for example "
+                "sqlite:////tmp/cavra-scratch.db"
             )
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         database = peewee.SqliteDatabase(
-            path or ":memory:",
+            path,
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": "normal",
@@ -905,9 +910,6 @@ def _migration_lock(database: peewee.Database) -> Iterator[None]:
             database.execute_sql("SELECT pg_advisory_unlock(7260421)")
         return
     name = database.database
-    if name == ":memory:":
-        yield
-        return
     with open(f"{name}.migrate-lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

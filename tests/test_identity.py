@@ -964,6 +964,31 @@ def test_an_empty_database_url_is_refused_not_read_as_the_default(
     assert not (tmp_path / ".cavra").exists()
 
 
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["worker", "runs"], ["tokens", "list"]]
+)
+def test_an_in_memory_store_is_refused_with_what_to_use_instead(
+    tmp_path, monkeypatch, capsys, command
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    status = main([*command, "--database", "sqlite:///:memory:"])
+
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "in-memory SQLite store is not supported" in error
+    assert "use a file" in error
+    assert not (tmp_path / ":memory:").exists()
+
+
+def test_an_engine_on_an_in_memory_store_is_refused_before_it_starts() -> None:
+    from cavra_core import Engine
+    from cavra_core.store import StoreError
+
+    with pytest.raises(StoreError, match="use a file"):
+        Engine("sqlite:///:memory:", {})
+
+
 def _unusable_stores(tmp_path: Path) -> dict[str, Path]:
     not_a_database = tmp_path / "passwd"
     not_a_database.write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
