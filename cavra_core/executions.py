@@ -63,7 +63,14 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -504,8 +511,10 @@ class Executions:
                     if not more:
                         break
                     time.sleep(POLL_SECONDS)
-            finally:
-                line.settle()
+            except BaseException:
+                line.settle(unwinding=True)
+                raise
+            line.settle()
         return sent
 
     def pending(self, run_id: str) -> bool:
@@ -516,22 +525,34 @@ class Executions:
             .exists()
         )
 
-    def _claim_batch(self, leases: Leases, actor: Actor, now: datetime) -> list[_Claim]:
+    def _claim_batch(
+        self,
+        leases: Leases,
+        actor: Actor,
+        now: datetime,
+        in_hand: Collection[str] = (),
+    ) -> list[_Claim]:
         """
         Lease a batch of queued (or expired) executions to this worker.
 
         The latest word on each is checked in the same transaction; those
         whose approval no longer holds are finished as ``skipped`` there.
+        ``in_hand`` are claims of this worker still being sent or recorded:
+        even if their lease ran out, they are not taken again here (another
+        worker may rescue them; this one records them only if it still
+        holds them).
         """
         database = self.engine.database
         with database.atomic(), store.counter_batch():
             # Expired claims first (rescues are few and overdue), then the
             # oldest queued: two index range reads rather than one sort of
             # the whole queue per batch.
-            rows = self._claimable(
-                (Execution.outcome == "claimed") & (Execution.lease_expires_at < now),
-                leases.batch_size,
+            expired = (Execution.outcome == "claimed") & (
+                Execution.lease_expires_at < now
             )
+            if in_hand:
+                expired &= Execution.execution_id.not_in(list(in_hand))
+            rows = self._claimable(expired, leases.batch_size)
             if len(rows) < leases.batch_size:
                 rows += self._claimable(
                     Execution.outcome == "queued", leases.batch_size - len(rows)
@@ -1227,9 +1248,8 @@ class _Pipeline:
     ) -> tuple[int, Exception | None]:
         """
         Send a batch and hand it to the store thread to be recorded; the
-        number sent, and the database error that ended the sending early.
-
-        A database error of the batch before's record is raised here.
+        number sent, and the database error that ended the sending early or
+        that the record of the batch before ended with.
         """
         executions = self.executions
         done, unsent, failure = executions._send_claims(
@@ -1240,9 +1260,13 @@ class _Pipeline:
             self.recording,
             self.behind.submit(functools.partial(self._record, done, unsent, ids)),
         )
+        sent = sum(1 for _, attempt, _ in done if attempt is not None)
         if previous is not None:
-            previous.result()
-        return sum(1 for _, attempt, _ in done if attempt is not None), failure
+            try:
+                previous.result()
+            except DATABASE_ERRORS as error:
+                failure = failure or error
+        return sent, failure
 
     def wait_recorded(self) -> None:
         """Wait for the last batch's record; raise its database error."""
@@ -1250,20 +1274,27 @@ class _Pipeline:
         if recording is not None:
             recording.result()
 
-    def settle(self) -> None:
+    def settle(self, *, unwinding: bool = False) -> None:
         """
         At the end: wait for the last record, and put a batch claimed ahead
         but not sent back in the queue. Database errors were logged where
         they were raised; claims left in hand run out and are rescued.
+
+        ``unwinding``: the caller is raising already; an error of the store
+        thread is logged, so that it does not hide the caller's.
         """
-        with contextlib.suppress(*DATABASE_ERRORS):
+        quiet = Exception if unwinding else DATABASE_ERRORS
+        try:
             self.wait_recorded()
+        except quiet as error:
+            self._log_unsettled("last record", error)
         ahead, self.ahead = self.ahead, None
         if ahead is None:
             return
         try:
             claims = ahead.result().claims
-        except DATABASE_ERRORS:
+        except quiet as error:
+            self._log_unsettled("claim ahead", error)
             return
         if not claims:
             return
@@ -1284,17 +1315,32 @@ class _Pipeline:
         finally:
             self.heartbeat.drop(ids)
 
+    def _log_unsettled(self, what: str, error: BaseException) -> None:
+        # A database error needs no line: a failed claim took nothing, a
+        # failed record logged its executions.
+        if not isinstance(error, DATABASE_ERRORS):
+            log.error(
+                "worker store thread failed worker_id=%s job=%s error=%s",
+                self.leases.worker_id,
+                what.replace(" ", "_"),
+                type(error).__name__,
+            )
+
     def _claim(self) -> Future[_Batch]:
         """
-        Claim a batch with its packages on the store thread (the clock is
-        read here); the heartbeat extends its claims from the moment they
-        are taken.
+        Claim a batch with its packages on the store thread; the heartbeat
+        extends its claims from the moment they are taken.
+
+        The clock is read when the claim runs, not when it is asked for: it
+        waits for the record before it, which may take long (a busy store),
+        and a lease counted from the asking could be over at its birth.
         """
         executions = self.executions
-        now = self.clock()
 
         def claim() -> _Batch:
-            claims = executions._claim_batch(self.leases, self.actor, now)
+            claims = executions._claim_batch(
+                self.leases, self.actor, self.clock(), self.heartbeat.in_hand
+            )
             self.heartbeat.hold(claim.row.execution_id for claim in claims)
             try:
                 packages = executions.engine.load_packages(
@@ -1353,9 +1399,16 @@ class _StoreWork:
         return future
 
     def _serve(self) -> None:
-        with store.connected(self.database):
+        # The connection opens with the first job that needs it, so that a
+        # database refusing connections fails that job (its waiter retries)
+        # instead of this thread.
+        try:
             while (item := self._jobs.get()) is not None:
                 self._run(*item)
+        finally:
+            if not self.database.is_closed():
+                with contextlib.suppress(peewee.PeeweeException):
+                    self.database.close()
 
     def _run(self, job: Callable[[], Any], future: Future[Any]) -> None:
         future.set_running_or_notify_cancel()
@@ -1388,7 +1441,9 @@ class _Heartbeat:
         self.database = database
         self.leases = leases
         self.clock = clock
-        self._in_hand: set[str] = set()
+        #: Claims in hand, each with the number of holders (a claim lost
+        #: and taken again is held by two batches for a moment).
+        self._in_hand: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(
@@ -1409,9 +1464,11 @@ class _Heartbeat:
             self._in_hand.update(execution_ids)
 
     def drop(self, execution_ids: Iterable[str]) -> None:
-        """Stop extending these claims."""
+        """Stop extending these claims, once each one's holders dropped them."""
         with self._lock:
-            self._in_hand.difference_update(execution_ids)
+            self._in_hand.subtract(execution_ids)
+            for execution_id in [i for i, n in self._in_hand.items() if n <= 0]:
+                del self._in_hand[execution_id]
 
     @property
     def in_hand(self) -> tuple[str, ...]:

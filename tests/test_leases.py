@@ -1085,3 +1085,217 @@ def test_the_heartbeat_extends_the_batch_claimed_ahead(engine, fake) -> None:
     assert after > at_claim
     assert outcomes_now() == Counter(delivered=2)
     assert all(row.rescue_count == 0 for row in executions())
+
+
+def test_a_store_thread_refused_a_connection_retries_and_delivers(engine, fake) -> None:
+    """
+    The database refuses new connections for a moment as a worker starts
+    (a failover, max_connections reached): the worker's store thread cannot
+    connect. It waits and tries again like any database error, and a stop
+    is honoured meanwhile.
+    """
+    lineages = approved_due(engine, 2)
+    queue_only(engine)
+    database = engine.database
+    connect = database._connect
+    refusing = threading.Event()
+    refusing.set()
+
+    def flaky_connect():
+        if refusing.is_set() and threading.current_thread().name == "worker-store":
+            raise peewee.OperationalError("connection refused")
+        return connect()
+
+    database._connect = flaky_connect
+    threading.Timer(1.0, refusing.clear).start()
+    try:
+        sent = engine.executions.work(
+            Leases(worker_id="worker-a"), APPROVER, lambda: DUE
+        )
+    finally:
+        database._connect = connect
+    assert sent == 2
+    assert sorted(event_ids(fake)) == sorted(lineages)
+
+
+def test_a_worker_whose_store_thread_cannot_connect_still_stops(engine, fake) -> None:
+    approved_due(engine, 1)
+    queue_only(engine)
+    database = engine.database
+    connect = database._connect
+
+    def refused_to_the_store_thread():
+        if threading.current_thread().name == "worker-store":
+            raise peewee.OperationalError("connection refused")
+        return connect()
+
+    database._connect = refused_to_the_store_thread
+    stopping = threading.Event()
+    threading.Timer(1.0, stopping.set).start()
+    started = time.monotonic()
+    try:
+        sent = engine.executions.work(
+            Leases(worker_id="worker-a"), APPROVER, lambda: DUE, stop=stopping.is_set
+        )
+    finally:
+        database._connect = connect
+    assert sent == 0
+    assert time.monotonic() - started < 8
+    assert fake.deliveries == []
+    assert outcomes_now() == Counter(queued=1)
+
+
+def test_a_slow_record_leaves_the_next_claim_a_full_lease(
+    engine, fake, monkeypatch
+) -> None:
+    """
+    The claim ahead waits for the record before it; when that record is
+    slow (a busy store), its lease still counts from when it runs, so the
+    worker never finds its own claims run out and takes them over.
+    """
+    lineages = approved_due(engine, 5)
+    queue_only(engine)
+    write_outcomes = engine.executions._write_outcomes
+    records = []
+
+    def slow_first_record(*args, **kwargs):
+        records.append(1)
+        if len(records) == 1:
+            time.sleep(2.5)  # two and a half leases
+        return write_outcomes(*args, **kwargs)
+
+    monkeypatch.setattr(engine.executions, "_write_outcomes", slow_first_record)
+    started = time.monotonic()
+    sent = engine.executions.work(
+        Leases(worker_id="worker-a", lease_seconds=1, batch_size=2),
+        APPROVER,
+        lambda: DUE + timedelta(seconds=time.monotonic() - started),
+    )
+
+    assert sent == 5
+    assert sorted(event_ids(fake)) == sorted(lineages)
+    assert outcomes_now() == Counter(delivered=5)
+    assert [row.rescue_count for row in executions()] == [0] * 5
+
+
+def test_a_worker_never_takes_back_its_own_claims_still_in_hand(
+    engine, fake, monkeypatch
+) -> None:
+    """
+    Its heartbeat cannot write (a busy store) while a long first delivery is
+    on the wire, so the lease of the batch claimed ahead runs out while it
+    waits. The claim after it must not take that batch's claim again: both
+    batches would send it.
+    """
+    lineages = approved_due(engine, 3)
+    queue_only(engine)
+
+    def busy(*args, **kwargs):
+        raise peewee.OperationalError("database is locked")
+
+    monkeypatch.setattr("cavra_core.executions.extend_leases", busy)
+    started = time.monotonic()
+
+    def long_first_delivery(delivery) -> None:
+        if len(fake.deliveries) == 1:
+            time.sleep(1.3)  # longer than the lease
+
+    def claimed_after_the_first() -> bool:
+        # The third retry taken, or (the mistake) the second one taken again.
+        found = outcomes_now()
+        taken_again = Execution.select().where(Execution.rescue_count > 0).exists()
+        return found["delivered"] == 1 and (found["claimed"] == 2 or taken_again)
+
+    waits = []
+
+    def stop() -> bool:
+        # Before the second send, let the claim after it run first (else
+        # it is a race): it takes the third retry, not the second again.
+        if len(fake.deliveries) == 1 and len(waits) < 3:
+            waits.append(wait_for(claimed_after_the_first, timeout=1.0))
+        return False
+
+    fake.on_deliver = long_first_delivery
+    engine.executions.work(
+        Leases(worker_id="worker-a", lease_seconds=1, batch_size=1),
+        APPROVER,
+        lambda: DUE + timedelta(seconds=time.monotonic() - started),
+        stop=stop,
+    )
+
+    assert sorted(event_ids(fake)) == sorted(lineages)  # each once
+    assert outcomes_now() == Counter(delivered=3)
+
+
+def test_the_heartbeat_counts_the_holders_of_a_claim(engine) -> None:
+    from cavra_core.executions import _Heartbeat
+
+    heartbeat = _Heartbeat(engine.database, Leases(worker_id="worker-a"), lambda: DUE)
+    heartbeat.hold(["ex_1", "ex_2"])
+    heartbeat.hold(["ex_2"])  # lost by one batch, taken again by the next
+    heartbeat.drop(["ex_1", "ex_2"])
+    assert heartbeat.in_hand == ("ex_2",)
+    heartbeat.drop(["ex_2"])
+    assert heartbeat.in_hand == ()
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+def test_a_health_row_held_by_another_writer_makes_no_retry_go_twice(
+    engine, fake, database_url
+) -> None:
+    """
+    Another writer (an import pausing the connector, say) holds the
+    connector's health row for longer than a lease while a worker records
+    its first batch, and the worker goes on claiming behind that record. No
+    claim is taken over while no worker died; were one taken over, a second
+    worker polling while its slow delivery is on the wire would send it
+    again.
+    """
+    lineages = approved_due(engine, 5)
+    queue_only(engine)
+    other = psycopg2.connect(database_url)
+    started = time.monotonic()
+    main = threading.current_thread()
+    helpers = []
+
+    def now():
+        return DUE + timedelta(seconds=time.monotonic() - started)
+
+    def on_deliver(delivery) -> None:
+        if threading.current_thread() is not main:
+            return
+        if len(fake.deliveries) == 1:
+            with other.cursor() as cursor:
+                cursor.execute(
+                    "SELECT * FROM connector_state WHERE connector_id = 'hook-a' "
+                    "FOR UPDATE"
+                )
+            threading.Timer(2.5, other.commit).start()
+            return
+        row = Execution.get(Execution.lineage_id == delivery.lineage_id)
+        if row.rescue_count and not helpers:
+            helper = threading.Thread(
+                target=engine.executions.work,
+                args=(Leases(worker_id="worker-b", lease_seconds=1), APPROVER, now),
+                kwargs={"until": lambda: time.monotonic() - started > 8},
+            )
+            helper.start()
+            helpers.append(helper)
+            time.sleep(1.6)  # a slow receiver: more than a lease
+
+    fake.on_deliver = on_deliver
+    try:
+        engine.executions.work(
+            Leases(worker_id="worker-a", lease_seconds=1, batch_size=2), APPROVER, now
+        )
+        for helper in helpers:
+            helper.join(15)
+    finally:
+        other.close()
+    assert sorted(event_ids(fake)) == sorted(lineages)  # each once
+    assert outcomes_now() == Counter(delivered=5)
+    assert [row.rescue_count for row in executions()] == [0] * 5
