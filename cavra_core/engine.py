@@ -1001,7 +1001,10 @@ class Engine:
                 category=category,
                 at=stored["finished_at"],
             )
-            with_health = dataclasses.replace(connector, health=outcome.health)
+            # Only a failure is assessed under the connector's (new) health.
+            with_health = (
+                dataclasses.replace(connector, health=outcome.health) if facts else None
+            )
             changes.update(self._assessed(row, facts, with_health, changes))
             stored_rows.append(stored)
             lineage_changes.append(changes)
