@@ -74,7 +74,7 @@ from collections.abc import (
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import peewee
 
@@ -506,7 +506,7 @@ class Executions:
                             failures,
                         )
                         reconnect(database)
-                        time.sleep(min(5.0, POLL_SECONDS * 2**failures))
+                        time.sleep(min(5.0, POLL_SECONDS * 2 ** min(failures, 5)))
                         continue
                     if not more:
                         break
@@ -537,12 +537,12 @@ class Executions:
 
         The latest word on each is checked in the same transaction; those
         whose approval no longer holds are finished as ``skipped`` there.
-        ``in_hand`` are claims of this worker still being sent or recorded:
-        even if their lease ran out, they are not taken again here (another
-        worker may rescue them; this one records them only if it still
-        holds them). They are left out after the read, which rarely finds
-        any, rather than in it: a condition with an id per claim in hand
-        would cost every claim.
+        ``in_hand`` are claims of this worker id still being sent or
+        recorded in this process: even if their lease ran out, they are not
+        taken again here (another worker may rescue them; the holder records
+        them only if it still holds them). They are left out after the
+        read, which rarely finds any, rather than in it: a condition with an
+        id per claim in hand would cost every claim.
         """
         database = self.engine.database
         with database.atomic(), store.counter_batch():
@@ -928,7 +928,7 @@ class Executions:
                     tries,
                 )
                 reconnect(database)
-                time.sleep(min(2.0, 0.1 * 2**tries))
+                time.sleep(min(2.0, 0.1 * 2 ** min(tries, 5)))
 
     def _write_outcomes(
         self,
@@ -1239,11 +1239,20 @@ class _Pipeline:
         The next batch to send, and whether it was claimed ahead. Unless
         ``stop()`` says to stop, the batch after it is claimed now.
         """
-        claiming, self.ahead = self.ahead, None
-        claimed_ahead = claiming is not None
-        if claiming is None:
-            claiming = self._claim()
-        batch = claiming.result()
+        claimed_ahead = self.ahead is not None
+        if self.ahead is None:
+            self.ahead = self._claim()
+        # Kept in ``ahead`` while waiting, so that whatever interrupts the
+        # wait leaves the claim for :meth:`settle` to put back; a claim that
+        # failed took nothing and is forgotten.
+        claiming = self.ahead
+        try:
+            batch = claiming.result()
+        except BaseException:
+            if claiming.done() and claiming.exception() is not None:
+                self.ahead = None
+            raise
+        self.ahead = None
         if batch.claims and not stop():
             self.ahead = self._claim()
         return batch, claimed_ahead
@@ -1344,7 +1353,7 @@ class _Pipeline:
 
         def claim() -> _Batch:
             claims = executions._claim_batch(
-                self.leases, self.actor, self.clock(), set(self.heartbeat.in_hand)
+                self.leases, self.actor, self.clock(), self.heartbeat.worker_in_hand()
             )
             self.heartbeat.hold(claim.row.execution_id for claim in claims)
             try:
@@ -1435,7 +1444,17 @@ class _Heartbeat:
     ahead, being sent, being recorded) moves to a full lease from now, so a
     long delivery keeps its claim, and a dead worker's claims, or claims a
     worker could not record or release, run out after one lease.
+
+    What every heartbeat of the process holds is also known by worker id
+    (:meth:`worker_in_hand`): two :meth:`Executions.work` calls of one
+    process (two live runs served by one API process) share its worker id,
+    and one must not take over the other's claims whose lease ran out,
+    which the other would still send as its own.
     """
+
+    #: Claims in hand in this process by worker id, counted by holder.
+    _in_process: ClassVar[dict[str, Counter[str]]] = {}
+    _process_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
@@ -1449,7 +1468,6 @@ class _Heartbeat:
         #: Claims in hand, each with the number of holders (a claim lost
         #: and taken again is held by two batches for a moment).
         self._in_hand: Counter[str] = Counter()
-        self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self._beat, name=f"lease-heartbeat-{leases.worker_id}", daemon=True
@@ -1465,20 +1483,31 @@ class _Heartbeat:
 
     def hold(self, execution_ids: Iterable[str]) -> None:
         """Extend these claims from now on, until :meth:`drop`."""
-        with self._lock:
-            self._in_hand.update(execution_ids)
+        ids = list(execution_ids)
+        with self._process_lock:
+            self._in_hand.update(ids)
+            self._in_process.setdefault(self.leases.worker_id, Counter()).update(ids)
 
     def drop(self, execution_ids: Iterable[str]) -> None:
         """Stop extending these claims, once each one's holders dropped them."""
-        with self._lock:
-            self._in_hand.subtract(execution_ids)
-            for execution_id in [i for i, n in self._in_hand.items() if n <= 0]:
-                del self._in_hand[execution_id]
+        ids = list(execution_ids)
+        with self._process_lock:
+            _uncount(self._in_hand, ids)
+            held = self._in_process.get(self.leases.worker_id, Counter())
+            _uncount(held, ids)
+            if not held:
+                self._in_process.pop(self.leases.worker_id, None)
 
     @property
     def in_hand(self) -> tuple[str, ...]:
-        with self._lock:
+        """The claims this heartbeat extends."""
+        with self._process_lock:
             return tuple(sorted(self._in_hand))
+
+    def worker_in_hand(self) -> frozenset[str]:
+        """The claims in hand under this worker id, in any call of the process."""
+        with self._process_lock:
+            return frozenset(self._in_process.get(self.leases.worker_id, ()))
 
     def _beat(self) -> None:
         every = self.leases.lease_seconds / 3
@@ -1498,6 +1527,13 @@ class _Heartbeat:
                     self.leases.worker_id,
                     type(error).__name__,
                 )
+
+
+def _uncount(counts: Counter[str], ids: Iterable[str]) -> None:
+    """Take one holder off each id; ids left with none go."""
+    counts.subtract(ids)
+    for execution_id in [i for i, n in counts.items() if n <= 0]:
+        del counts[execution_id]
 
 
 def extend_leases(leases: Leases, now: datetime, execution_ids: Sequence[str]) -> int:

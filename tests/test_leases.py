@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -1299,3 +1300,127 @@ def test_a_health_row_held_by_another_writer_makes_no_retry_go_twice(
     assert sorted(event_ids(fake)) == sorted(lineages)  # each once
     assert outcomes_now() == Counter(delivered=5)
     assert [row.rescue_count for row in executions()] == [0] * 5
+
+
+def test_a_long_outage_never_ends_the_worker_with_an_overflow(
+    engine, fake, monkeypatch
+) -> None:
+    """The wait between tries is capped before it is computed, not after."""
+    approved_due(engine, 1)
+    queue_only(engine)
+    database = engine.database
+    connect = database._connect
+
+    def refused_to_the_store_thread():
+        if threading.current_thread().name == "worker-store":
+            raise peewee.OperationalError("connection refused")
+        return connect()
+
+    waits = []
+    monkeypatch.setattr("cavra_core.executions.time.sleep", waits.append)
+    database._connect = refused_to_the_store_thread
+    try:
+        sent = engine.executions.work(
+            Leases(worker_id="worker-a"),
+            APPROVER,
+            lambda: DUE,
+            stop=lambda: len(waits) > 1100,
+        )
+    finally:
+        database._connect = connect
+    assert sent == 0
+    assert max(waits) == 5.0
+    assert outcomes_now() == Counter(queued=1)
+
+
+def test_an_interrupted_wait_for_a_claim_puts_the_claim_back(
+    engine, fake, monkeypatch
+) -> None:
+    """A signal whose handler raises arrives while the worker waits for a claim."""
+    approved_due(engine, 2)
+    queue_only(engine)
+    claim_batch = engine.executions._claim_batch
+
+    def claim_then_signal(*args, **kwargs):
+        claims = claim_batch(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.3)  # the sending thread is waiting for this claim
+        return claims
+
+    def crash(*_):
+        raise Crash
+
+    previous = signal.signal(signal.SIGUSR1, crash)
+    monkeypatch.setattr(engine.executions, "_claim_batch", claim_then_signal)
+    try:
+        with pytest.raises(Crash):
+            engine.executions.work(Leases(worker_id="worker-a"), APPROVER, lambda: DUE)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert fake.deliveries == []
+    assert outcomes_now() == Counter(queued=2)
+    assert all(row.lease_owner is None for row in executions())
+
+
+@pytest.mark.parametrize("second_id", ["worker-a", "worker-b"])
+def test_two_calls_of_one_worker_id_never_both_send_a_claim(
+    engine, fake, monkeypatch, second_id
+) -> None:
+    """
+    One process runs two work() calls at once (an API process serving two
+    live runs, both under its worker id). The first one's lease runs out
+    while it sends (its heartbeat cannot write); the second must not take
+    over the claim the first holds but has not sent yet.
+    """
+    approved_due(engine, 2)
+    queue_only(engine)
+
+    def busy(*args, **kwargs):
+        raise peewee.OperationalError("database is locked")
+
+    monkeypatch.setattr("cavra_core.executions.extend_leases", busy)
+    started = time.monotonic()
+
+    def now():
+        return DUE + timedelta(seconds=time.monotonic() - started)
+
+    main = threading.current_thread()
+    helpers = []
+    second_deliveries = []
+
+    def on_deliver(delivery) -> None:
+        if threading.current_thread() is not main:
+            second_deliveries.append(delivery)
+            if len(second_deliveries) == 1:
+                time.sleep(0.5)  # the second call holds what it took
+            return
+        if helpers:
+            return
+        time.sleep(1.2)  # past the first call's lease
+        helper = threading.Thread(
+            target=engine.executions.work,
+            args=(
+                Leases(worker_id=second_id, lease_seconds=1, batch_size=2),
+                APPROVER,
+                now,
+            ),
+        )
+        helpers.append(helper)
+        helper.start()
+        wait_for(
+            lambda: Execution.select().where(Execution.rescue_count > 0).exists(),
+            timeout=3,
+        )
+
+    fake.on_deliver = on_deliver
+    engine.executions.work(
+        Leases(worker_id="worker-a", lease_seconds=1, batch_size=2), APPROVER, now
+    )
+    for helper in helpers:
+        helper.join(10)
+
+    sent = Counter(delivery.event_id for delivery in fake.deliveries)
+    # The retry on the wire when its lease ran out may go twice, as with any
+    # rescue; the one not yet sent goes once.
+    assert sorted(sent.values()) in ([1, 1], [1, 2]), sent
+    assert outcomes_now() == Counter(delivered=2)
