@@ -549,14 +549,12 @@ class Executions:
             # Expired claims first (rescues are few and overdue), then the
             # oldest queued: two index range reads rather than one sort of
             # the whole queue per batch.
-            rows = [
-                row
-                for row in self._claimable(
-                    (Execution.outcome == "claimed")
-                    & (Execution.lease_expires_at < now),
-                    leases.batch_size,
-                )
-                if row.execution_id not in in_hand
+            expired = self._claimable(
+                (Execution.outcome == "claimed") & (Execution.lease_expires_at < now),
+                leases.batch_size + len(in_hand),  # room for those left out
+            )
+            rows = [row for row in expired if row.execution_id not in in_hand][
+                : leases.batch_size
             ]
             if len(rows) < leases.batch_size:
                 rows += self._claimable(

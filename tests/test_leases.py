@@ -1424,3 +1424,32 @@ def test_two_calls_of_one_worker_id_never_both_send_a_claim(
     # rescue; the one not yet sent goes once.
     assert sorted(sent.values()) in ([1, 1], [1, 2]), sent
     assert outcomes_now() == Counter(delivered=2)
+
+
+def test_claims_in_hand_do_not_crowd_out_the_rescue_of_others(engine, fake) -> None:
+    """
+    The rescue read leaves out this worker's claims still in hand; it reads
+    enough rows that they do not take the place of another worker's.
+    """
+    approved_due(engine, 6)
+    queue_only(engine)
+    mine = engine.executions._claim_batch(
+        Leases(worker_id="worker-a", lease_seconds=1, batch_size=6), APPROVER, DUE
+    )
+    ordered = sorted(mine, key=lambda c: (c.row.due_at, c.row.execution_id))
+    theirs = ordered[-1].row.execution_id  # last in the rescue order
+    Execution.update(lease_owner="worker-z", worker_id="worker-z").where(
+        Execution.execution_id == theirs
+    ).execute()
+    in_hand = {claim.row.execution_id for claim in ordered[:-1]}
+
+    taken = engine.executions._claim_batch(
+        Leases(worker_id="worker-a", lease_seconds=1, batch_size=2),
+        APPROVER,
+        DUE + timedelta(seconds=5),
+        in_hand,
+    )
+
+    assert [claim.row.execution_id for claim in taken] == [theirs]
+    assert Execution.get_by_id(theirs).rescue_count == 1
+    assert all(Execution.get_by_id(i).rescue_count == 0 for i in in_hand)
