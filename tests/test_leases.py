@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -1088,6 +1089,24 @@ def test_the_heartbeat_extends_the_batch_claimed_ahead(engine, fake) -> None:
     assert all(row.rescue_count == 0 for row in executions())
 
 
+@contextlib.contextmanager
+def store_thread_refused(engine, refusing=lambda: True):
+    """The database refuses the store threads new connections while ``refusing()``."""
+    database = engine.database
+    connect = database._connect
+
+    def refused():
+        if refusing() and threading.current_thread().name == "worker-store":
+            raise peewee.OperationalError("connection refused")
+        return connect()
+
+    database._connect = refused
+    try:
+        yield
+    finally:
+        database._connect = connect
+
+
 def test_a_store_thread_refused_a_connection_retries_and_delivers(engine, fake) -> None:
     """
     The database refuses new connections for a moment as a worker starts
@@ -1097,24 +1116,13 @@ def test_a_store_thread_refused_a_connection_retries_and_delivers(engine, fake) 
     """
     lineages = approved_due(engine, 2)
     queue_only(engine)
-    database = engine.database
-    connect = database._connect
     refusing = threading.Event()
     refusing.set()
-
-    def flaky_connect():
-        if refusing.is_set() and threading.current_thread().name == "worker-store":
-            raise peewee.OperationalError("connection refused")
-        return connect()
-
-    database._connect = flaky_connect
     threading.Timer(1.0, refusing.clear).start()
-    try:
+    with store_thread_refused(engine, refusing.is_set):
         sent = engine.executions.work(
             Leases(worker_id="worker-a"), APPROVER, lambda: DUE
         )
-    finally:
-        database._connect = connect
     assert sent == 2
     assert sorted(event_ids(fake)) == sorted(lineages)
 
@@ -1122,24 +1130,13 @@ def test_a_store_thread_refused_a_connection_retries_and_delivers(engine, fake) 
 def test_a_worker_whose_store_thread_cannot_connect_still_stops(engine, fake) -> None:
     approved_due(engine, 1)
     queue_only(engine)
-    database = engine.database
-    connect = database._connect
-
-    def refused_to_the_store_thread():
-        if threading.current_thread().name == "worker-store":
-            raise peewee.OperationalError("connection refused")
-        return connect()
-
-    database._connect = refused_to_the_store_thread
     stopping = threading.Event()
     threading.Timer(1.0, stopping.set).start()
     started = time.monotonic()
-    try:
+    with store_thread_refused(engine):
         sent = engine.executions.work(
             Leases(worker_id="worker-a"), APPROVER, lambda: DUE, stop=stopping.is_set
         )
-    finally:
-        database._connect = connect
     assert sent == 0
     assert time.monotonic() - started < 8
     assert fake.deliveries == []
@@ -1308,26 +1305,15 @@ def test_a_long_outage_never_ends_the_worker_with_an_overflow(
     """The wait between tries is capped before it is computed, not after."""
     approved_due(engine, 1)
     queue_only(engine)
-    database = engine.database
-    connect = database._connect
-
-    def refused_to_the_store_thread():
-        if threading.current_thread().name == "worker-store":
-            raise peewee.OperationalError("connection refused")
-        return connect()
-
     waits = []
     monkeypatch.setattr("cavra_core.executions.time.sleep", waits.append)
-    database._connect = refused_to_the_store_thread
-    try:
+    with store_thread_refused(engine):
         sent = engine.executions.work(
             Leases(worker_id="worker-a"),
             APPROVER,
             lambda: DUE,
             stop=lambda: len(waits) > 1100,
         )
-    finally:
-        database._connect = connect
     assert sent == 0
     assert max(waits) == 5.0
     assert outcomes_now() == Counter(queued=1)
