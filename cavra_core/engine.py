@@ -49,7 +49,7 @@ from cavra_core.connectors import (
     build_registry,
     load_connectors_file,
 )
-from cavra_core.decisions import Decision, evaluate, format_time_precise
+from cavra_core.decisions import Decision, evaluate, format_time_precise, tuple_of
 from cavra_core.errors import (
     CavraError,
     Conflict,
@@ -2337,7 +2337,7 @@ def _facts_from_tuple(row: tuple) -> LineageFacts:
     last = None if last_attempt_at is None else epoch + timedelta(0, 0, last_attempt_at)
     # PERF(plan): both tuples made as a NamedTuple's own __new__ makes them,
     # without calling it: two Python calls fewer per lineage.
-    latest = _new_tuple(
+    latest = tuple_of(
         AttemptFacts,
         (
             attempt_count,
@@ -2350,7 +2350,7 @@ def _facts_from_tuple(row: tuple) -> LineageFacts:
             last,
         ),
     )
-    return _new_tuple(
+    return tuple_of(
         LineageFacts,
         (
             lineage_id,
@@ -2372,9 +2372,6 @@ def _facts_from_tuple(row: tuple) -> LineageFacts:
             closing_reason,
         ),
     )
-
-
-_new_tuple = tuple.__new__
 
 
 def _decision_rows(
@@ -2400,40 +2397,20 @@ def _decision_rows(
     # One row per decision in database form, in the order of the plan
     # writer's DECISION_COLUMNS (times as microseconds). PERF(plan): built in
     # place, not by a function called for each decision.
+    # A decision's fields up to its retry delay are stored as they are.
     rows = [
         (
             f"rd_{random_hex[32 * offset : 32 * offset + 32]}",
             plan_id,
             first_position + offset,
-            lineage_id,
-            lineage_version,
-            package_id,
-            connector_id,
-            action,
-            reason,
-            explanation,
-            retry_count,
-            max_retry_attempts,
-            retry_delay_seconds,
+            *as_they_are,
             None if not_before is None else _micros(not_before),
             None if not_after is None else _micros(not_after),
             _status_codes_json(failed_status_codes),
         )
-        for offset, (
-            lineage_id,
-            lineage_version,
-            package_id,
-            connector_id,
-            action,
-            reason,
-            explanation,
-            retry_count,
-            max_retry_attempts,
-            retry_delay_seconds,
-            not_before,
-            not_after,
-            failed_status_codes,
-        ) in enumerate(decisions)
+        for offset, (*as_they_are, not_before, not_after, failed_status_codes) in (
+            enumerate(decisions)
+        )
     ]
     # PERF(plan): hashing one joined text per batch equals hashing "\n" and
     # each decision's JSON in turn, with far fewer calls.

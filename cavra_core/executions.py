@@ -57,7 +57,6 @@ import contextlib
 import functools
 import logging
 import os
-import queue
 import re
 import socket
 import threading
@@ -71,7 +70,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -465,56 +464,45 @@ class Executions:
         """
         clock = clock or self.engine.now
         stop = stop or (lambda: False)
-        database = self.engine.database
         sent = 0
         failures = 0
-        words = _WordsWatch(database)  # listens once, not once a batch
-        with (
-            _Heartbeat(database, leases, clock) as heartbeat,
-            _StoreWork(database) as behind,
-        ):
-            line = _Pipeline(self, behind, heartbeat, leases, actor, clock)
-            try:
-                while not stop():
-                    try:
-                        batch, claimed_ahead = line.next_batch(stop)
-                        if batch.claims:
-                            count, failure = line.send(batch, stop, words)
-                            sent += count
-                            if failure is not None:
-                                raise failure
-                            failures = 0
-                            continue
-                        line.wait_recorded()
-                        if claimed_ahead:
-                            # Claimed before the last batch put its unsent
-                            # claims back: look again before concluding.
-                            continue
-                        more = run_id is not None and self.pending(run_id)
-                        if until is not None:
-                            more = more or not until()
-                    except DATABASE_ERRORS as error:
-                        # A busy store or a lost connection. Claims this worker
-                        # could not record or release are no longer in hand: the
-                        # heartbeat leaves them, and once their lease runs out any
-                        # worker (this one too) rescues them.
-                        failures += 1
-                        log.warning(
-                            "claiming retries failed worker_id=%s error=%s tries=%d",
-                            leases.worker_id,
-                            type(error).__name__,
-                            failures,
-                        )
-                        reconnect(database)
-                        time.sleep(min(5.0, POLL_SECONDS * 2 ** min(failures, 5)))
+        with _Pipeline(self, leases, actor, clock) as line:
+            while not stop():
+                try:
+                    batch, claimed_ahead = line.next_batch(stop)
+                    if batch.claims:
+                        count, failure = line.send(batch, stop)
+                        sent += count
+                        if failure is not None:
+                            raise failure
+                        failures = 0
                         continue
-                    if not more:
-                        break
-                    time.sleep(POLL_SECONDS)
-            except BaseException:
-                line.settle(unwinding=True)
-                raise
-            line.settle()
+                    line.wait_recorded()
+                    if claimed_ahead:
+                        # Claimed before the last batch put its unsent
+                        # claims back: look again before concluding.
+                        continue
+                    more = run_id is not None and self.pending(run_id)
+                    if until is not None:
+                        more = more or not until()
+                except DATABASE_ERRORS as error:
+                    # A busy store or a lost connection. Claims this worker
+                    # could not record or release are no longer in hand: the
+                    # heartbeat leaves them, and once their lease runs out any
+                    # worker (this one too) rescues them.
+                    failures += 1
+                    log.warning(
+                        "claiming retries failed worker_id=%s error=%s tries=%d",
+                        leases.worker_id,
+                        type(error).__name__,
+                        failures,
+                    )
+                    reconnect(self.engine.database)
+                    time.sleep(min(5.0, POLL_SECONDS * 2 ** min(failures, 5)))
+                    continue
+                if not more:
+                    break
+                time.sleep(POLL_SECONDS)
         return sent
 
     def pending(self, run_id: str) -> bool:
@@ -670,25 +658,6 @@ class Executions:
             )
             found.append(reason)
         return found
-
-    def _send_batch(
-        self,
-        claims: Sequence[_Claim],
-        leases: Leases,
-        actor: Actor,
-        clock: Callable[[], datetime],
-        stop: Callable[[], bool],
-        words: _WordsWatch | None = None,
-    ) -> tuple[int, Exception | None]:
-        """
-        Send the claims one after the other, then record them all at once.
-
-        Returns the number sent, and the database error that ended the
-        sending early, if one did (see :meth:`_send_claims`).
-        """
-        done, unsent, failure = self._send_claims(claims, leases, clock, stop, words)
-        self._record_batch(done, unsent, leases, actor)
-        return sum(1 for _, attempt, _ in done if attempt is not None), failure
 
     def _send_claims(
         self,
@@ -1209,21 +1178,24 @@ class _Pipeline:
     """
     The batches of one :meth:`Executions.work` call, on their way from the
     queue to the record: while the caller sends one batch, the store thread
-    claims the next one and records the one before.
+    claims the next one and records the one before. As a context manager it
+    runs the heartbeat and the store thread, and at its end it settles what
+    is left in hand (:meth:`settle`).
     """
 
     def __init__(
         self,
         executions: Executions,
-        behind: _StoreWork,
-        heartbeat: _Heartbeat,
         leases: Leases,
         actor: Actor,
         clock: Callable[[], datetime],
     ) -> None:
+        database = executions.engine.database
         self.executions = executions
-        self.behind = behind
-        self.heartbeat = heartbeat
+        self.behind = _StoreWork(database)
+        self.heartbeat = _Heartbeat(database, leases, clock)
+        #: Listens once for the whole call, not once a batch.
+        self.words = _WordsWatch(database)
         self.leases = leases
         self.actor = actor
         self.clock = clock
@@ -1231,6 +1203,18 @@ class _Pipeline:
         self.ahead: Future[_Batch] | None = None
         #: The record of the last batch sent.
         self.recording: Future[None] | None = None
+
+    def __enter__(self) -> _Pipeline:
+        self.heartbeat.__enter__()
+        self.behind.__enter__()
+        return self
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        try:
+            self.settle(unwinding=exc_type is not None)
+        finally:
+            self.behind.__exit__()
+            self.heartbeat.__exit__()
 
     def next_batch(self, stop: Callable[[], bool]) -> tuple[_Batch, bool]:
         """
@@ -1256,7 +1240,7 @@ class _Pipeline:
         return batch, claimed_ahead
 
     def send(
-        self, batch: _Batch, stop: Callable[[], bool], words: _WordsWatch
+        self, batch: _Batch, stop: Callable[[], bool]
     ) -> tuple[int, Exception | None]:
         """
         Send a batch and hand it to the store thread to be recorded; the
@@ -1265,7 +1249,7 @@ class _Pipeline:
         """
         executions = self.executions
         done, unsent, failure = executions._send_claims(
-            batch.claims, self.leases, self.clock, stop, words, batch.packages
+            batch.claims, self.leases, self.clock, stop, self.words, batch.packages
         )
         ids = [claim.row.execution_id for claim in batch.claims]
         previous, self.recording = (
@@ -1310,22 +1294,13 @@ class _Pipeline:
             return
         if not claims:
             return
-        executions = self.executions
         ids = [claim.row.execution_id for claim in claims]
-        release = functools.partial(executions._release, claims, self.leases)
-        try:
-            with contextlib.suppress(*DATABASE_ERRORS):
-                self.behind.submit(
-                    functools.partial(
-                        executions._with_retries,
-                        release,
-                        self.leases,
-                        "claims not released",
-                        ids,
-                    )
-                ).result()
-        finally:
-            self.heartbeat.drop(ids)
+        try:  # all of them unsent: back in the queue
+            self.behind.submit(
+                functools.partial(self._record, (), claims, ids)
+            ).result()
+        except quiet as error:
+            self._log_unsettled("release", error)
 
     def _log_unsettled(self, what: str, error: BaseException) -> None:
         # A database error needs no line: a failed claim took nothing, a
@@ -1381,57 +1356,42 @@ class _StoreWork:
     wait for the database work around them: the next batch is claimed, and
     the last one recorded, while this one is on the wire.
 
-    Jobs run in the order they were submitted, so a batch's record always
-    comes after the claim it was sent from. A job's database error is
-    handed to whoever waits for its result, after this thread's connection
-    was dropped and opened again.
+    Jobs run in the order they were submitted (one thread), so a batch's
+    record always comes after the claim it was sent from. A job's error is
+    handed to whoever waits for its result; after a database error the
+    thread's connection is dropped and opened again. The connection opens
+    with the first job that needs it, so a database refusing connections
+    fails that job, whose waiter tries again, not the thread.
     """
 
     def __init__(self, database: peewee.Database) -> None:
         self.database = database
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(
-            target=self._serve, name="worker-store", daemon=True
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="worker-store"
         )
 
     def __enter__(self) -> _StoreWork:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._jobs.put(None)
-        self._thread.join()
+        self._executor.submit(self._close)
+        self._executor.shutdown(wait=True)
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
         """Run ``job`` after those submitted before it; its future result."""
-        future: Future[T] = Future()
-        self._jobs.put((job, future))
-        return future
+        return self._executor.submit(self._run, job)
 
-    def _serve(self) -> None:
-        # The connection opens with the first job that needs it, so that a
-        # database refusing connections fails that job (its waiter retries)
-        # instead of this thread.
+    def _run(self, job: Callable[[], T]) -> T:
         try:
-            while (item := self._jobs.get()) is not None:
-                self._run(*item)
-        finally:
-            if not self.database.is_closed():
-                with contextlib.suppress(peewee.PeeweeException):
-                    self.database.close()
+            return job()
+        except DATABASE_ERRORS:
+            reconnect(self.database)
+            raise
 
-    def _run(self, job: Callable[[], Any], future: Future[Any]) -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            result = job()
-        except BaseException as error:  # the waiter decides what it means
-            if isinstance(error, DATABASE_ERRORS):
-                reconnect(self.database)
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+    def _close(self) -> None:
+        if not self.database.is_closed():
+            with contextlib.suppress(peewee.PeeweeException):
+                self.database.close()
 
 
 class _Heartbeat:

@@ -21,8 +21,7 @@ three turns of :data:`BATCHES_PER_TURN` batches (read ahead, being evaluated,
 being inserted) are in memory.
 
 :func:`open_plan_writer` picks the background writer unless the caller's
-connection must see the plan: inside a transaction the caller opened, or on
-an in-memory SQLite database, which a second connection would not share.
+connection must see the plan: inside a transaction the caller opened.
 While a plan is made, :func:`fewer_collections` keeps the garbage collector
 from walking the batches in flight over and over.
 """
@@ -320,7 +319,7 @@ def open_plan_writer(
     database: peewee.Database, plan: Mapping[str, Any], batch_query: BatchQuery
 ) -> PlanWriter:
     """The background writer where a second connection can hold the plan."""
-    if database.in_transaction() or _in_memory(database):
+    if database.in_transaction():
         return PlanWriter(database, plan, batch_query)
     return BackgroundPlanWriter(database, plan, batch_query)
 
@@ -361,13 +360,6 @@ def fewer_collections() -> Iterator[None]:
             _planning -= 1
             if _planning == 0:
                 gc.set_threshold(*_saved_threshold)
-
-
-def _in_memory(database: peewee.Database) -> bool:
-    if not isinstance(database, peewee.SqliteDatabase):
-        return False
-    name = str(database.database or "")
-    return name in ("", ":memory:") or "mode=memory" in name
 
 
 def _update_plan(retry_plan_id: str, summary: Mapping[str, Any]) -> None:

@@ -134,6 +134,17 @@ def executions():
     return list(Execution.select().order_by(Execution.lineage_id))
 
 
+def send_batch(engine, claims, leases, actor, clock, stop):
+    """
+    Send claims and record them at once, as a worker does with each batch
+    (there, the record runs on its store thread); the number sent and the
+    database error that ended the sending early.
+    """
+    done, unsent, failure = engine.executions._send_claims(claims, leases, clock, stop)
+    engine.executions._record_batch(done, unsent, leases, actor)
+    return sum(1 for _, attempt, _ in done if attempt is not None), failure
+
+
 def event_ids(fake) -> list[str]:
     return [delivery.event_id for delivery in fake.deliveries]
 
@@ -229,13 +240,11 @@ def test_a_claim_rescued_from_a_worker_is_not_recorded_by_that_worker(
     assert len(claims) == len(taken) == 1
 
     # The slow worker wakes up and sends; its lease is gone, so it records nothing.
-    engine.executions._send_batch(claims, slow, APPROVER, lambda: later, lambda: False)
+    send_batch(engine, claims, slow, APPROVER, lambda: later, lambda: False)
     row = executions()[0]
     assert (row.outcome, row.lease_owner) == ("claimed", "worker-b")
 
-    engine.executions._send_batch(
-        taken, rescuer, APPROVER, lambda: later, lambda: False
-    )
+    send_batch(engine, taken, rescuer, APPROVER, lambda: later, lambda: False)
     row = executions()[0]
     assert (row.outcome, row.worker_id, row.rescue_count) == (
         "delivered",
@@ -284,7 +293,7 @@ def test_a_revocation_after_the_claim_stops_the_send(engine, fake) -> None:
     engine.approvals.revoke(
         approval_id, {"reason": "receiver broke again"}, actor=APPROVER, now=DUE
     )
-    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+    send_batch(engine, claims, leases, APPROVER, lambda: DUE, lambda: False)
 
     assert fake.deliveries == []
     rows = executions()
@@ -432,9 +441,7 @@ def test_a_revocation_stops_the_sends_that_start_after_the_recheck(
         return attempt
 
     monkeypatch.setattr(engine, "send_attempt", send_then_deny)
-    engine.executions._send_batch(
-        claims, leases, APPROVER, lambda: next(moments), lambda: False
-    )
+    send_batch(engine, claims, leases, APPROVER, lambda: next(moments), lambda: False)
 
     assert len(fake.deliveries) == 1
     outcomes = sorted((row.outcome, row.skipped_reason) for row in executions())
@@ -463,9 +470,7 @@ def test_a_denial_after_the_claim_stops_the_send(engine, fake) -> None:
     deny_all(engine, DUE + timedelta(seconds=1))
 
     later = DUE + timedelta(seconds=2)
-    engine.executions._send_batch(
-        claims, leases, APPROVER, lambda: later, lambda: False
-    )
+    send_batch(engine, claims, leases, APPROVER, lambda: later, lambda: False)
 
     assert fake.deliveries == []
     (row,) = executions()
@@ -481,9 +486,7 @@ def test_an_expiry_after_the_claim_stops_the_send(engine, fake) -> None:
     past_expiry = DUE + timedelta(days=2)
     # The heartbeat kept the claim all along.
     extend_leases(leases, past_expiry, [claims[0].row.execution_id])
-    engine.executions._send_batch(
-        claims, leases, APPROVER, lambda: past_expiry, lambda: False
-    )
+    send_batch(engine, claims, leases, APPROVER, lambda: past_expiry, lambda: False)
 
     assert fake.deliveries == []
     (row,) = executions()
@@ -538,8 +541,8 @@ def test_a_worker_whose_claim_was_taken_over_does_not_send_it(engine, fake) -> N
     assert len(fake.deliveries) == 2
 
     # Waking up, the frozen worker sends nothing of what it no longer holds.
-    count, failure = engine.executions._send_batch(
-        claims, paused, APPROVER, lambda: later, lambda: False
+    count, failure = send_batch(
+        engine, claims, paused, APPROVER, lambda: later, lambda: False
     )
 
     assert (count, failure) == (0, None)
@@ -556,7 +559,7 @@ def test_an_expired_claim_is_not_sent_even_before_anyone_rescues_it(
     claims = engine.executions._claim_batch(leases, APPROVER, DUE)
 
     late = DUE + timedelta(seconds=31)
-    engine.executions._send_batch(claims, leases, APPROVER, lambda: late, lambda: False)
+    send_batch(engine, claims, leases, APPROVER, lambda: late, lambda: False)
 
     assert fake.deliveries == []
     (row,) = executions()
@@ -571,7 +574,7 @@ def test_a_lineage_that_moved_on_after_the_claim_is_not_sent(engine, fake) -> No
     # Another writer records the lineage's next attempt meanwhile.
     record_failure(engine, DUE, evidence=package("drill-0"))
 
-    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+    send_batch(engine, claims, leases, APPROVER, lambda: DUE, lambda: False)
 
     assert fake.deliveries == []
     (row,) = executions()
@@ -795,9 +798,7 @@ def test_a_pause_between_claim_and_record_keeps_the_counters_true(engine, fake) 
     }
 
     later = DUE + timedelta(seconds=2)
-    engine.executions._send_batch(
-        claims, leases, APPROVER, lambda: later, lambda: False
-    )
+    send_batch(engine, claims, leases, APPROVER, lambda: later, lambda: False)
 
     counters, from_rows = _counted_lineages()
     assert counters == from_rows
@@ -831,7 +832,7 @@ def test_a_word_given_mid_batch_stops_the_sends_after_it(
         return attempt
 
     monkeypatch.setattr(engine, "send_attempt", send_then_deny)
-    engine.executions._send_batch(claims, leases, APPROVER, lambda: DUE, lambda: False)
+    send_batch(engine, claims, leases, APPROVER, lambda: DUE, lambda: False)
 
     assert len(fake.deliveries) == 1
     skipped = sorted(row.skipped_reason for row in executions() if row.skipped_reason)
@@ -1096,7 +1097,7 @@ def store_thread_refused(engine, refusing=lambda: True):
     connect = database._connect
 
     def refused():
-        if refusing() and threading.current_thread().name == "worker-store":
+        if refusing() and threading.current_thread().name.startswith("worker-store"):
             raise peewee.OperationalError("connection refused")
         return connect()
 
