@@ -169,6 +169,7 @@ def measure_workers(
             max_retries=min(count, MAX_PER_RUN),
             batch=args.batch,
             lease=args.lease,
+            extra=["--bookkeeping", args.bookkeeping],
         )
         cpu_at_ready = [process.cpu_seconds() for process in processes]
         receiver.wait_for_keys(count, timeout=max(300.0, count / 10))
@@ -217,9 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", default="1,2", help="comma-separated worker counts to run"
     )
     parser.add_argument(
-        "--batch", type=int, default=100, help="claims per batch (the service default)"
+        "--batch",
+        type=int,
+        default=500,
+        help="most claims per batch (the service default)",
     )
     parser.add_argument("--lease", type=float, default=30, help="lease in seconds")
+    parser.add_argument(
+        "--bookkeeping",
+        choices=("process", "thread"),
+        default="process",
+        help="where the workers claim and record (the service default: process)",
+    )
     parser.add_argument(
         "--admin-url",
         default=DEFAULT_ADMIN_URL,

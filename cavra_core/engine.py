@@ -14,6 +14,7 @@ process holds one open engine at a time.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import heapq
@@ -244,6 +245,18 @@ class Engine:
         if four_eyes is None:
             allowed = os.environ.get("CAVRA_ALLOW_SELF_APPROVAL", "")
             four_eyes = allowed.strip().lower() not in ("1", "true", "yes")
+        #: How to build this engine again in another process (a worker's
+        #: store process), or None when it holds what a process cannot be
+        #: handed: plugin objects or a clock of its own.
+        self.rebuild: dict[str, Any] | None = None
+        if not plugins and clock is None:
+            self.rebuild = {
+                "database_url": self.database_url,
+                "connectors": copy.deepcopy(dict(document)),
+                "load_entry_points": load_entry_points,
+                "disabled_plugins": disabled_plugins,
+                "four_eyes": four_eyes,
+            }
         self.approvals = Approvals(self, four_eyes=four_eyes)
         self.executions = executions.Executions(self)
         #: How live runs of this engine claim queued retries.
@@ -270,6 +283,7 @@ class Engine:
         return "sqlite"
 
     def close(self) -> None:
+        self.executions.close()
         if not self.database.is_closed():
             self.database.close()
 

@@ -35,10 +35,14 @@ so that several workers can share it and a worker that dies loses nothing:
    transaction that releases the claims, and only while this worker still
    holds them.
 
-The database work of a worker runs on a thread of its own, beside the
-sends (:class:`_StoreWork`): while one batch is sent, the next one is
-claimed and the one before is recorded, so a delivery waits for no
-database round trip but its batch's check.
+The database work of a worker runs beside the sends, on a thread of its
+own (:class:`_StoreWork`) or in a process of its own
+(:class:`~cavra_core.store_child.StoreProcess`,
+``Leases(store_process=True)``, what ``cavra
+worker serve`` does): while one batch is sent, the next one is claimed and
+the one before is recorded, so a delivery waits for no database round trip
+but its batch's check. In a process, the claims and records do not share
+the sending interpreter's lock either.
 
 A worker killed between a send and its record has its lease rescued; the
 rescuer sends again with the same event id. So the receiver gets every
@@ -97,6 +101,7 @@ from cavra_core.store import (
     Lineage,
     RetryPlan,
 )
+from cavra_core.store_child import StoreProcess, StoreProcessEnded
 
 if TYPE_CHECKING:
     from cavra_core.engine import Engine
@@ -144,10 +149,19 @@ _OUTCOME_FIELDS = (
 )
 #: What a lost connection or a busy store raises; a worker waits and goes on.
 DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+#: What a claim or record may fail with: the database, or the store process
+#: that ended (it is started again for the next job).
+STORE_ERRORS = (*DATABASE_ERRORS, StoreProcessEnded)
 
 T = TypeVar("T")
 #: Queue writes go in chunks of this many executions.
 _CHUNK = 200
+#: How long the sends of one claimed batch should take, at the pace of the
+#: batch before (see :attr:`Leases.batch_size`).
+BATCH_SECONDS = 0.25
+#: Executions queued at once after which the planner's statistics of the
+#: executions are brought up to date (PostgreSQL).
+ANALYZE_AFTER = 1_000
 
 
 #: What a worker id may be: it is shown in executions, logs and the API.
@@ -169,12 +183,23 @@ class Leases:
         worker_id: names this worker in leases and executions.
         lease_seconds: how long a claim holds without a heartbeat; a worker
             that dies loses its claims to the others after this long.
-        batch_size: executions claimed in one transaction.
+        batch_size: the most executions claimed in one transaction. A
+            worker claims about :data:`BATCH_SECONDS` of its recent sending
+            at a time, up to this: big batches to a fast receiver (less
+            bookkeeping a delivery), small ones to a slow one (claims
+            spread over the workers, little in hand if one dies).
+        store_process: claim and record in a process of the worker's own
+            (:class:`~cavra_core.store_child.StoreProcess`) rather than on a
+            thread beside the sends. The engine must be one another
+            process can build again (:attr:`Engine.rebuild`: no plugin
+            objects, no clock of its own); the store process reads the
+            real time.
     """
 
     worker_id: str = field(default_factory=default_worker_id)
     lease_seconds: float = 30.0
-    batch_size: int = 100
+    batch_size: int = 500
+    store_process: bool = False
 
     def __post_init__(self) -> None:
         if not WORKER_ID.fullmatch(self.worker_id):
@@ -244,6 +269,39 @@ class Executions:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: The store process of this engine's live workers, once one asked.
+        self._process: StoreProcess | None = None
+        self._process_lock = threading.Lock()
+
+    def close(self) -> None:
+        """End the store process, if one was started."""
+        with self._process_lock:
+            process, self._process = self._process, None
+        if process is not None:
+            process.close()
+
+    def store_process(self, leases: Leases) -> StoreProcess:
+        """
+        The store process for workers with these leases, started at the
+        first call and kept for the next ones until :meth:`close`.
+
+        Raises:
+            ValueError: the engine cannot be built again in another process.
+        """
+        recipe = self.engine.rebuild
+        if recipe is None:
+            raise ValueError(
+                "store_process needs an engine another process can build again: "
+                "one made from a database URL and connectors, without plugin "
+                "objects or a clock of its own; leave store_process false"
+            )
+        with self._process_lock:
+            if self._process is not None and self._process.leases != leases:
+                self._process.close()
+                self._process = None
+            if self._process is None:
+                self._process = StoreProcess(recipe, leases)
+            return self._process
 
     # -- the live run -------------------------------------------------------------
 
@@ -269,6 +327,8 @@ class Executions:
         is queued or claimed, or when ``stop`` says so.
         """
         leases = leases or Leases()
+        if leases.store_process:
+            self.store_process(leases)  # fails before anything is queued
         judged = self._judge(due, now)
 
         approved: list[tuple[Decision, Word]] = []
@@ -376,6 +436,11 @@ class Executions:
                     # look and the insert; look again.
                     if tries == 3:
                         raise
+        if len(queued) >= ANALYZE_AFTER:
+            # A claim reads the queue's head from an index only when the
+            # planner knows the queue is long; statistics from before a bulk
+            # queue say it is short, and every claim would sort it whole.
+            store.refresh_statistics(self.engine.database, Execution)
         return queued
 
     def _queue_chunk(
@@ -485,11 +550,12 @@ class Executions:
                     more = run_id is not None and self.pending(run_id)
                     if until is not None:
                         more = more or not until()
-                except DATABASE_ERRORS as error:
-                    # A busy store or a lost connection. Claims this worker
-                    # could not record or release are no longer in hand: the
-                    # heartbeat leaves them, and once their lease runs out any
-                    # worker (this one too) rescues them.
+                except STORE_ERRORS as error:
+                    # A busy store or a lost connection (or a store process
+                    # that ended). Claims this worker could not record or
+                    # release are no longer in hand: the heartbeat leaves
+                    # them, and once their lease runs out any worker (this
+                    # one too) rescues them.
                     failures += 1
                     log.warning(
                         "claiming retries failed worker_id=%s error=%s tries=%d",
@@ -497,7 +563,8 @@ class Executions:
                         type(error).__name__,
                         failures,
                     )
-                    reconnect(self.engine.database)
+                    if isinstance(error, DATABASE_ERRORS):
+                        reconnect(self.engine.database)
                     time.sleep(min(5.0, POLL_SECONDS * 2 ** min(failures, 5)))
                     continue
                 if not more:
@@ -519,9 +586,11 @@ class Executions:
         actor: Actor,
         now: datetime,
         in_hand: Collection[str] = (),
+        limit: int | None = None,
     ) -> list[_Claim]:
         """
-        Lease a batch of queued (or expired) executions to this worker.
+        Lease a batch of queued (or expired) executions to this worker: up
+        to ``limit``, by default ``leases.batch_size``.
 
         The latest word on each is checked in the same transaction; those
         whose approval no longer holds are finished as ``skipped`` there.
@@ -533,21 +602,18 @@ class Executions:
         id per claim in hand would cost every claim.
         """
         database = self.engine.database
+        size = min(limit or leases.batch_size, leases.batch_size)
         with database.atomic(), store.counter_batch():
             # Expired claims first (rescues are few and overdue), then the
             # oldest queued: two index range reads rather than one sort of
             # the whole queue per batch.
             expired = self._claimable(
                 (Execution.outcome == "claimed") & (Execution.lease_expires_at < now),
-                leases.batch_size + len(in_hand),  # room for those left out
+                size + len(in_hand),  # room for those left out
             )
-            rows = [row for row in expired if row.execution_id not in in_hand][
-                : leases.batch_size
-            ]
-            if len(rows) < leases.batch_size:
-                rows += self._claimable(
-                    Execution.outcome == "queued", leases.batch_size - len(rows)
-                )
+            rows = [row for row in expired if row.execution_id not in in_hand][:size]
+            if len(rows) < size:
+                rows += self._claimable(Execution.outcome == "queued", size - len(rows))
             if not rows:
                 return []
             rescued = [row for row in rows if row.outcome == "claimed"]
@@ -1177,10 +1243,11 @@ class _WordsWatch:
 class _Pipeline:
     """
     The batches of one :meth:`Executions.work` call, on their way from the
-    queue to the record: while the caller sends one batch, the store thread
+    queue to the record: while the caller sends one batch, the store (a
+    thread or a process, :class:`_StoreThread` or :class:`_StoreInProcess`)
     claims the next one and records the one before. As a context manager it
-    runs the heartbeat and the store thread, and at its end it settles what
-    is left in hand (:meth:`settle`).
+    runs the store, and at its end it settles what is left in hand
+    (:meth:`settle`).
     """
 
     def __init__(
@@ -1190,31 +1257,35 @@ class _Pipeline:
         actor: Actor,
         clock: Callable[[], datetime],
     ) -> None:
-        database = executions.engine.database
         self.executions = executions
-        self.behind = _StoreWork(database)
-        self.heartbeat = _Heartbeat(database, leases, clock)
+        self.store: _StoreThread | _StoreInProcess = (
+            _StoreInProcess(executions.store_process(leases))
+            if leases.store_process
+            else _StoreThread(executions, leases, clock)
+        )
         #: Listens once for the whole call, not once a batch.
-        self.words = _WordsWatch(database)
+        self.words = _WordsWatch(executions.engine.database)
         self.leases = leases
         self.actor = actor
         self.clock = clock
+        #: How many to claim next: :data:`BATCH_SECONDS` at the last pace.
+        self.size = leases.batch_size
         #: The next batch, claimed while the last one was sent.
         self.ahead: Future[_Batch] | None = None
+        #: The batch handed out to be sent, until its record is asked for.
+        self.sending: _Batch | None = None
         #: The record of the last batch sent.
         self.recording: Future[None] | None = None
 
     def __enter__(self) -> _Pipeline:
-        self.heartbeat.__enter__()
-        self.behind.__enter__()
+        self.store.__enter__()
         return self
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
         try:
             self.settle(unwinding=exc_type is not None)
         finally:
-            self.behind.__exit__()
-            self.heartbeat.__exit__()
+            self.store.__exit__()
 
     def next_batch(self, stop: Callable[[], bool]) -> tuple[_Batch, bool]:
         """
@@ -1223,7 +1294,7 @@ class _Pipeline:
         """
         claimed_ahead = self.ahead is not None
         if self.ahead is None:
-            self.ahead = self._claim()
+            self.ahead = self.store.claim(self.actor, self.size)
         # Kept in ``ahead`` while waiting, so that whatever interrupts the
         # wait leaves the claim for :meth:`settle` to put back; a claim that
         # failed took nothing and is forgotten.
@@ -1235,37 +1306,44 @@ class _Pipeline:
                 self.ahead = None
             raise
         self.ahead = None
-        if batch.claims and not stop():
-            self.ahead = self._claim()
+        if batch.claims:
+            self.sending = batch
+            if not stop():
+                self.ahead = self.store.claim(self.actor, self.size)
         return batch, claimed_ahead
 
     def send(
         self, batch: _Batch, stop: Callable[[], bool]
     ) -> tuple[int, Exception | None]:
         """
-        Send a batch and hand it to the store thread to be recorded; the
-        number sent, and the database error that ended the sending early or
-        that the record of the batch before ended with.
+        Send a batch and hand it to the store to be recorded; the number
+        sent, and the error that ended the sending early or that the record
+        of the batch before ended with.
         """
         executions = self.executions
+        started = time.perf_counter()
         done, unsent, failure = executions._send_claims(
             batch.claims, self.leases, self.clock, stop, self.words, batch.packages
+        )
+        self.size = claim_size(
+            self.leases.batch_size, self.size, len(done), time.perf_counter() - started
         )
         ids = [claim.row.execution_id for claim in batch.claims]
         previous, self.recording = (
             self.recording,
-            self.behind.submit(functools.partial(self._record, done, unsent, ids)),
+            self.store.record(done, unsent, ids, self.actor),
         )
+        self.sending = None
         sent = sum(1 for _, attempt, _ in done if attempt is not None)
         if previous is not None:
             try:
                 previous.result()
-            except DATABASE_ERRORS as error:
+            except STORE_ERRORS as error:
                 failure = failure or error
         return sent, failure
 
     def wait_recorded(self) -> None:
-        """Wait for the last batch's record; raise its database error."""
+        """Wait for the last batch's record; raise its error."""
         recording, self.recording = self.recording, None
         if recording is not None:
             recording.result()
@@ -1277,9 +1355,10 @@ class _Pipeline:
         they were raised; claims left in hand run out and are rescued.
 
         ``unwinding``: the caller is raising already; an error of the store
-        thread is logged, so that it does not hide the caller's.
+        is logged, so that it does not hide the caller's.
         """
-        quiet = Exception if unwinding else DATABASE_ERRORS
+        quiet = Exception if unwinding else STORE_ERRORS
+        self._forget_sending()
         try:
             self.wait_recorded()
         except quiet as error:
@@ -1296,57 +1375,172 @@ class _Pipeline:
             return
         ids = [claim.row.execution_id for claim in claims]
         try:  # all of them unsent: back in the queue
-            self.behind.submit(
-                functools.partial(self._record, (), claims, ids)
-            ).result()
+            self.store.record((), claims, ids, self.actor).result()
         except quiet as error:
             self._log_unsettled("release", error)
 
+    def _forget_sending(self) -> None:
+        """
+        A batch whose sending was cut short by an error is not recorded:
+        what of it went out is unknown. Its claims are no longer extended,
+        so they run out after one lease and are rescued, as a dead worker's.
+        """
+        batch, self.sending = self.sending, None
+        if batch is None:
+            return
+        ids = [claim.row.execution_id for claim in batch.claims]
+        log.warning(
+            "claims left in hand worker_id=%s executions=%s",
+            self.leases.worker_id,
+            ",".join(ids),
+        )
+        with contextlib.suppress(*STORE_ERRORS):
+            self.store.forget(ids).result()
+
     def _log_unsettled(self, what: str, error: BaseException) -> None:
-        # A database error needs no line: a failed claim took nothing, a
-        # failed record logged its executions.
-        if not isinstance(error, DATABASE_ERRORS):
+        # A store error needs no line: a failed claim took nothing, a failed
+        # record logged its executions, an ended store process was logged
+        # when it was found.
+        if not isinstance(error, STORE_ERRORS):
             log.error(
-                "worker store thread failed worker_id=%s job=%s error=%s",
+                "worker store failed worker_id=%s job=%s error=%s",
                 self.leases.worker_id,
                 what.replace(" ", "_"),
                 type(error).__name__,
             )
 
-    def _claim(self) -> Future[_Batch]:
+
+class _StoreSide:
+    """
+    The store's share of a worker's pipeline: claim a batch with its
+    packages, record a sent one. It runs wherever the store work runs: on
+    the store thread, or in the store process.
+    """
+
+    def __init__(
+        self,
+        executions: Executions,
+        leases: Leases,
+        heartbeat: _Heartbeat,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.executions = executions
+        self.leases = leases
+        self.heartbeat = heartbeat
+        self.clock = clock
+
+    def claim(self, actor: Actor, limit: int) -> _Batch:
         """
-        Claim a batch with its packages on the store thread; the heartbeat
-        extends its claims from the moment they are taken.
+        Claim up to ``limit`` with their packages; the heartbeat extends
+        the claims from the moment they are taken.
 
         The clock is read when the claim runs, not when it is asked for: it
         waits for the record before it, which may take long (a busy store),
         and a lease counted from the asking could be over at its birth.
         """
         executions = self.executions
-
-        def claim() -> _Batch:
-            claims = executions._claim_batch(
-                self.leases, self.actor, self.clock(), self.heartbeat.worker_in_hand()
-            )
-            self.heartbeat.hold(claim.row.execution_id for claim in claims)
-            try:
-                packages = executions.engine.load_packages(
-                    claim.row.package_id for claim in claims
-                )
-            except DATABASE_ERRORS:
-                return _Batch(claims, None)  # the sender reads them, or fails
-            return _Batch(claims, packages)
-
-        return self.behind.submit(claim)
-
-    def _record(
-        self, done: Sequence[_Outcome], unsent: Sequence[_Claim], ids: Sequence[str]
-    ) -> None:
-        """Record a sent batch (store thread), then stop extending its claims."""
+        claims = executions._claim_batch(
+            self.leases, actor, self.clock(), self.heartbeat.worker_in_hand(), limit
+        )
+        self.heartbeat.hold(claim.row.execution_id for claim in claims)
         try:
-            self.executions._record_batch(done, unsent, self.leases, self.actor)
+            packages = executions.engine.load_packages(
+                claim.row.package_id for claim in claims
+            )
+        except DATABASE_ERRORS:
+            return _Batch(claims, None)  # the sender reads them, or fails
+        return _Batch(claims, packages)
+
+    def record(
+        self,
+        done: Sequence[_Outcome],
+        unsent: Sequence[_Claim],
+        ids: Sequence[str],
+        actor: Actor,
+    ) -> None:
+        """Record a sent batch, then stop extending its claims."""
+        try:
+            self.executions._record_batch(done, unsent, self.leases, actor)
         finally:
             self.heartbeat.drop(ids)
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Stop extending claims that will not be recorded."""
+        self.heartbeat.drop(ids)
+
+
+class _StoreThread:
+    """
+    The store of one :meth:`Executions.work` call on a thread of its own,
+    with the heartbeat of its claims.
+    """
+
+    def __init__(
+        self, executions: Executions, leases: Leases, clock: Callable[[], datetime]
+    ) -> None:
+        database = executions.engine.database
+        self.heartbeat = _Heartbeat(database, leases, clock)
+        self.side = _StoreSide(executions, leases, self.heartbeat, clock)
+        self.behind = _StoreWork(database)
+
+    def __enter__(self) -> _StoreThread:
+        self.heartbeat.__enter__()
+        self.behind.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.behind.__exit__()
+        finally:
+            self.heartbeat.__exit__()
+
+    def claim(self, actor: Actor, limit: int) -> Future[_Batch]:
+        return self.behind.submit(functools.partial(self.side.claim, actor, limit))
+
+    def record(
+        self,
+        done: Sequence[_Outcome],
+        unsent: Sequence[_Claim],
+        ids: Sequence[str],
+        actor: Actor,
+    ) -> Future[None]:
+        return self.behind.submit(
+            functools.partial(self.side.record, done, unsent, ids, actor)
+        )
+
+    def forget(self, ids: Sequence[str]) -> Future[None]:
+        return self.behind.submit(functools.partial(self.side.forget, ids))
+
+
+class _StoreInProcess:
+    """
+    The store of one :meth:`Executions.work` call in the engine's store
+    process, which outlives the call (and holds the heartbeat).
+    """
+
+    def __init__(self, process: StoreProcess) -> None:
+        self.process = process
+
+    def __enter__(self) -> _StoreInProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def claim(self, actor: Actor, limit: int) -> Future[_Batch]:
+        return self.process.submit("claim", actor, limit)
+
+    def record(
+        self,
+        done: Sequence[_Outcome],
+        unsent: Sequence[_Claim],
+        ids: Sequence[str],
+        actor: Actor,
+    ) -> Future[None]:
+        return self.process.submit("record", done, unsent, ids, actor)
+
+    def forget(self, ids: Sequence[str]) -> Future[None]:
+        return self.process.submit("forget", ids)
 
 
 class _StoreWork:
@@ -1379,19 +1573,21 @@ class _StoreWork:
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
         """Run ``job`` after those submitted before it; its future result."""
-        return self._executor.submit(self._run, job)
-
-    def _run(self, job: Callable[[], T]) -> T:
-        try:
-            return job()
-        except DATABASE_ERRORS:
-            reconnect(self.database)
-            raise
+        return self._executor.submit(run_store_job, self.database, job)
 
     def _close(self) -> None:
         if not self.database.is_closed():
             with contextlib.suppress(peewee.PeeweeException):
                 self.database.close()
+
+
+def run_store_job(database: peewee.Database, job: Callable[[], T]) -> T:
+    """Run a store job; after a database error, connect again for the next."""
+    try:
+        return job()
+    except DATABASE_ERRORS:
+        reconnect(database)
+        raise
 
 
 class _Heartbeat:
@@ -1485,6 +1681,18 @@ class _Heartbeat:
                     self.leases.worker_id,
                     type(error).__name__,
                 )
+
+
+def claim_size(most: int, current: int, handled: int, seconds: float) -> int:
+    """
+    How many to claim next: :data:`BATCH_SECONDS` of sends at the pace of
+    the batch just sent (``handled`` claims in ``seconds``), from 1 to
+    ``most``. A batch too small to tell the pace (under 5) keeps the
+    ``current`` size.
+    """
+    if handled < 5 or seconds <= 0:
+        return current
+    return max(1, min(most, int(BATCH_SECONDS * handled / seconds)))
 
 
 def _uncount(counts: Counter[str], ids: Iterable[str]) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///.cavra/cavra.db"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: The longest :func:`refresh_statistics` waits for its table.
+STATISTICS_LOCK_TIMEOUT = "200ms"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 database_proxy = peewee.DatabaseProxy()
@@ -429,7 +431,7 @@ class Execution(BaseModel):
 
     class Meta:
         indexes = (
-            (("outcome", "due_at"), False),
+            (("outcome", "due_at", "execution_id"), False),
             (("started_at", "execution_id"), False),
             (("run_id", "started_at"), False),
             (("lineage_id", "started_at"), False),
@@ -631,6 +633,35 @@ def driver_errors() -> Iterator[None]:
 def is_postgres(database: peewee.Database | None = None) -> bool:
     """Whether ``database`` (by default the store's) is PostgreSQL."""
     return isinstance(database or database_proxy.obj, peewee.PostgresqlDatabase)
+
+
+def refresh_statistics(database: peewee.Database, model: type[BaseModel]) -> bool:
+    """
+    Bring PostgreSQL's planner statistics of a model's table up to date
+    after a bulk change, so that its plans fit the table as it is now;
+    whether they were. Nothing on SQLite, whose plans here do not depend on
+    them.
+
+    Waits at most :data:`STATISTICS_LOCK_TIMEOUT` for the table (an
+    autovacuum holding it): statistics a little old are no reason to hold
+    up the caller.
+    """
+    if not is_postgres(database):
+        return False
+    try:
+        with database.atomic():
+            database.execute_sql(
+                f"SET LOCAL lock_timeout = '{STATISTICS_LOCK_TIMEOUT}'"
+            )
+            database.execute_sql(f'ANALYZE "{model._meta.table_name}"')
+    except peewee.OperationalError as error:
+        log.info(
+            "statistics not refreshed table=%s error=%s",
+            model._meta.table_name,
+            type(error).__name__,
+        )
+        return False
+    return True
 
 
 def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> None:

@@ -513,6 +513,7 @@ def test_the_lease_migration_makes_claims_left_by_older_workers_rescuable(
 ) -> None:
     database = engine.database
     runner = Runner(database, directory=str(store.MIGRATIONS_DIR))
+    assert runner.down() == ["0007_queue_order_index"]
     assert runner.down() == ["0006_leases"]
     database.execute_sql(
         "INSERT INTO execution (execution_id, run_id, decision_id, lineage_id, "
@@ -521,7 +522,7 @@ def test_the_lease_migration_makes_claims_left_by_older_workers_rescuable(
         "'hook-a', 2, 'lin_a:2', 'claimed', 1, 0)"
     )
 
-    assert store.migrate(database) == ["0006_leases"]
+    assert store.migrate(database) == ["0006_leases", "0007_queue_order_index"]
 
     (row,) = executions()
     assert (row.outcome, row.lease_owner, row.rescue_count) == ("claimed", None, 0)

@@ -24,6 +24,8 @@ executions by outcome and the end of every worker's log.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -34,6 +36,7 @@ import pytest
 from workers_support import (
     CountingReceiver,
     WorkerProcess,
+    children,
     cloned_database,
     connectors_table,
     create_database,
@@ -48,7 +51,9 @@ from workers_support import (
     seed_approved_retries,
     start_workers,
     stop_all,
+    wait_gone,
     wait_until_settled,
+    worker_arguments,
     worker_attempts_per_lineage,
     write_connectors,
 )
@@ -206,8 +211,13 @@ def test_a_killed_workers_deliveries_are_rescued_and_sent_under_their_event_ids(
         report = Report(receiver, url, workers)
 
         receiver.wait_for_keys(len(lineages) // 4, timeout=DELIVERY_TIMEOUT)
+        store_processes = children(victim.pid)
         killed_at = time.monotonic()
         assert victim.kill() == -9
+        # Its store process goes too: no orphan heartbeat keeps its claims.
+        assert store_processes, report
+        for pid in store_processes:
+            assert wait_gone(pid, timeout=5), (pid, report)
         wait_for_every_event(receiver, len(lineages), report)
         settled = settle(url, len(lineages), lease + 30, report)
         settled_after = time.monotonic() - killed_at
@@ -327,6 +337,48 @@ def test_two_workers_on_one_sqlite_file_deliver_exactly_once(
 
     assert codes == [0, 0], report
     assert_exactly_once(receiver, sqlite_url, lineages, report)
+
+
+@pytest.mark.e2e
+def test_sigterm_to_the_whole_process_group_records_what_was_sent(
+    sqlite_url, workers, tmp_path
+) -> None:
+    """
+    A service manager stops the worker's process group (the worker and its
+    store process) with SIGTERM: the store process stays to record what was
+    sent, the worker exits 0, and nothing is left claimed or sent unrecorded.
+    """
+    with CountingReceiver(delay=0.02) as receiver:
+        connectors = write_receiver_connectors(tmp_path, receiver)
+        lineages = seed_approved_retries(sqlite_url, connectors, SQLITE_RETRIES)
+        arguments = worker_arguments(
+            sqlite_url,
+            connectors,
+            "grouped",
+            max_retries=SQLITE_RETRIES,
+            batch=10,
+            lease=30,
+        )
+        worker = WorkerProcess(tmp_path, "grouped", arguments, own_session=True)
+        workers.append(worker)
+        worker.wait_ready()
+        report = Report(receiver, sqlite_url, workers)
+
+        receiver.wait_for_keys(len(lineages) // 4, timeout=DELIVERY_TIMEOUT)
+        store_processes = children(worker.pid)
+        os.killpg(worker.pid, signal.SIGTERM)
+        code = worker.stop()
+
+    assert code == 0, report
+    assert store_processes, report
+    for pid in store_processes:
+        assert wait_gone(pid, timeout=5), (pid, report)
+    assert receiver.duplicates() == {}, report
+    outcomes = execution_outcomes(sqlite_url)
+    assert outcomes["claimed"] == 0, report
+    assert outcomes["delivered"] == len(receiver.counts()), report
+    assert outcomes["delivered"] + outcomes["queued"] == len(lineages), report
+    assert outcomes["queued"] > 0, report  # stopped before the end
 
 
 # -- helpers -----------------------------------------------------------------------

@@ -475,7 +475,14 @@ class WorkerProcess:
     then waits for each one's ready line.
     """
 
-    def __init__(self, home: Path, name: str, arguments: Sequence[str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        name: str,
+        arguments: Sequence[str],
+        *,
+        own_session: bool = False,
+    ) -> None:
         self.name = name
         self.log_path = home / f"worker-{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in _reap
@@ -492,6 +499,8 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            # A process group of its own, to be signalled as a whole.
+            start_new_session=own_session,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(
@@ -535,11 +544,18 @@ class WorkerProcess:
             return ""
 
     def cpu_seconds(self) -> float:
-        """User and system CPU time the process used so far (Linux /proc)."""
-        with open(f"/proc/{self.pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        # Fields 14 and 15 of stat(5), counted after the command's ")".
-        ticks = int(fields[11]) + int(fields[12])
+        """
+        User and system CPU time the process and its children (the store
+        process) used so far, children that ended included (Linux /proc).
+        """
+        # Fields 14 to 17 of stat(5), counted after the command's ")": own
+        # user and system time, then those of the children waited for.
+        own = _stat_fields(self.pid)
+        ticks = sum(int(value) for value in own[11:15])
+        for child in children(self.pid):
+            fields = _stat_fields(child)
+            if fields:
+                ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def running(self) -> bool:
@@ -661,3 +677,36 @@ def logs_of(workers: Sequence[WorkerProcess], tail: int = 2000) -> str:
         f"--- {worker.name} (exit {worker.exit_code}) ---\n{worker.log()[-tail:]}"
         for worker in workers
     )
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command; [] once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """The running processes whose parent is ``pid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            # Field 4 of stat(5), the parent's id.
+            if fields and int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Whether the process ``pid`` ended (or is a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = _stat_fields(pid)
+        # Field 3 of stat(5), the state.
+        if not fields or fields[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
