@@ -18,8 +18,13 @@ Reported for each run:
 * due-to-attempt lag, p50 and p99: each worker attempt's start minus the
   moment its retry became due (the decision's ``not_before``);
 * double deliveries: event ids the receiver got more than once (must be 0);
-* CPU seconds per delivery of the worker processes, from ``/proc/PID/stat``
-  (user and system) between ready and done, start-up excluded.
+* CPU seconds per delivery of the worker processes and their store
+  processes, from ``/proc/PID/stat`` (user and system) between ready and
+  done, start-up excluded;
+* how busy the machine's cores were from the first delivery to the last
+  (``/proc/stat``): at 100 %
+  the run is bound by the CPU the workers, the receiver and PostgreSQL
+  share, and more workers cannot go faster.
 
 The floor is the webhook connector's own HTTP client with no database: a
 child process calls ``WebhookConnectorType.deliver`` in a tight loop against
@@ -172,7 +177,10 @@ def measure_workers(
             extra=["--bookkeeping", args.bookkeeping],
         )
         cpu_at_ready = [process.cpu_seconds() for process in processes]
+        receiver.wait_for_keys(1, timeout=120)
+        machine_at_first = machine_ticks()
         receiver.wait_for_keys(count, timeout=max(300.0, count / 10))
+        busy = machine_busy(machine_at_first, machine_ticks())
         wait_until_settled(url, count, timeout=120)
         cpu_used = sum(
             process.cpu_seconds() - before
@@ -205,8 +213,23 @@ def measure_workers(
         "lag_p99": percentile(lags, 0.99),
         "doubles": sum(n - 1 for n in counts.values()),
         "cpu_per_delivery": cpu_used / count,
+        "machine_busy": busy,
         "delivered": outcomes["delivered"],
     }
+
+
+def machine_ticks() -> tuple[int, int]:
+    """All the cores' busy and total clock ticks so far (``/proc/stat``)."""
+    with open("/proc/stat") as handle:
+        values = [int(value) for value in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    total = sum(values[:8])  # up to steal; guest time is counted in user
+    return total - idle, total
+
+
+def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"\n{'workers':>7} {'deliveries/s':>13} {'seconds':>8} "
                 f"{'lag p50':>8} {'lag p99':>8} {'doubles':>8} "
-                f"{'CPU ms/delivery':>16}"
+                f"{'CPU ms/delivery':>16} {'machine busy':>13}"
             )
             for workers in counts:
                 figures = measure_workers(
@@ -300,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{workers:>7} {figures['rate']:>13,.0f} "
                     f"{figures['seconds']:>8.2f} {figures['lag_p50']:>7.2f}s "
                     f"{figures['lag_p99']:>7.2f}s {figures['doubles']:>8} "
-                    f"{figures['cpu_per_delivery'] * 1000:>16.2f}"
+                    f"{figures['cpu_per_delivery'] * 1000:>16.2f} "
+                    f"{figures['machine_busy']:>12.0%}"
                 )
                 if figures["delivered"] != args.retries:
                     raise SystemExit(

@@ -1692,7 +1692,8 @@ def claim_size(most: int, current: int, handled: int, seconds: float) -> int:
     """
     if handled < 5 or seconds <= 0:
         return current
-    return max(1, min(most, int(BATCH_SECONDS * handled / seconds)))
+    wanted = BATCH_SECONDS * handled / seconds  # may be inf for a tiny time
+    return most if wanted >= most else max(1, int(wanted))
 
 
 def _uncount(counts: Counter[str], ids: Iterable[str]) -> None:

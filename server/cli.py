@@ -50,6 +50,7 @@ from cavra_core.store import (
     open_database,
     sqlite_path,
 )
+from cavra_core.store_child import StoreProcessFailed
 from cavra_server.logs import LOG_FORMATS, configure_logging
 from cavra_server.runner import UnprotectedBind, refuse_unprotected_bind
 from cavra_server.worker_service import (
@@ -760,6 +761,13 @@ def command_worker_serve(arguments: argparse.Namespace) -> int:
             arguments.bookkeeping,
             describe_url(engine.database_url),
         )
+        if leases.store_process and arguments.execute:
+            # Started now rather than at the first live window: a store
+            # process that cannot start stops the service here, with why.
+            try:
+                engine.executions.store_process(leases)
+            except StoreProcessFailed as error:
+                raise CavraError(f"{error}; or run with --bookkeeping thread") from None
         service.serve(
             ready=lambda: _announce(
                 f"cavra worker serving {schedule.cadence} "

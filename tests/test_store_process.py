@@ -27,11 +27,13 @@ from workers_support import (
     connectors_table,
     seed_approved_retries,
     wait_gone,
+    write_connectors,
 )
 
-from cavra_core import Engine, store
+from cavra_core import Engine, store, store_child
 from cavra_core.executions import BATCH_SECONDS, Executions, Leases, claim_size
 from cavra_core.store import Execution
+from cavra_server.cli import main
 
 RETRIES = 60
 #: The service's request of a live window's run.
@@ -218,3 +220,21 @@ def test_claims_of_a_batch_cut_short_are_left_to_run_out(database_url, monkeypat
         (row.execution_id, row.lease_expires_at) for row in claimed
     ]
     assert receiver.counts() == Counter()
+
+
+def test_a_live_service_whose_store_process_cannot_start_stops_at_once(
+    sqlite_url, tmp_path, monkeypatch, capsys
+) -> None:
+    connectors = write_connectors(tmp_path, "http://127.0.0.1:9")
+    # A child that ends before it answers, as one that cannot import cavra.
+    monkeypatch.setattr(store_child, "_CHILD_MAIN", "raise SystemExit(3)")
+
+    status = main(
+        ["worker", "serve", "--execute", "--every", "1h", "--database", sqlite_url]
+        + ["--connectors", str(connectors)]
+    )
+
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "the store process ended while starting" in error
+    assert "--bookkeeping thread" in error
