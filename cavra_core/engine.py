@@ -1500,6 +1500,10 @@ class Engine:
         # Live and scheduled runs are recorded up front: the window's unique
         # keys decide, in the database, which worker runs it.
         claimed = not dry_run or trigger == "schedule"
+        if not dry_run and (leases or self.leases).store_process:
+            # Before the run is recorded: an engine no other process can
+            # build, or a store process that cannot start, records nothing.
+            self.executions.store_process(leases or self.leases)
         if claimed:
             self._claim_window(record, interval)
 

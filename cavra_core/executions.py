@@ -243,8 +243,54 @@ class _Verdict(NamedTuple):
 class _Claim(NamedTuple):
     """An execution this worker holds, with its lineage as claimed."""
 
-    row: Execution
-    lineage: Lineage
+    row: Execution | _SendableRow
+    lineage: Lineage | _SendableLineage
+
+
+class _SendableRow(NamedTuple):
+    """What sending a claim reads of its execution (from a store process)."""
+
+    execution_id: str
+    lineage_id: str
+    attempt_number: int
+    package_id: str
+    approval_id: str | None
+    connector_id: str
+
+
+class _SendableLineage(NamedTuple):
+    """What sending a claim reads of its lineage (from a store process)."""
+
+    lineage_id: str
+    connector_id: str
+    package_id: str
+
+
+def sendable(batch: _Batch) -> _Batch:
+    """
+    A claimed batch as its sender needs it: what the sends read of each
+    execution and lineage, not the rows (a store process hands batches to
+    the worker pickled, and keeps the rows for their record).
+    """
+    return _Batch(
+        [
+            _Claim(
+                _SendableRow(
+                    row.execution_id,
+                    row.lineage_id,
+                    row.attempt_number,
+                    row.package_id,
+                    row.approval_id,
+                    row.connector_id,
+                ),
+                _SendableLineage(
+                    lineage.lineage_id, lineage.connector_id, lineage.package_id
+                ),
+            )
+            for row, lineage in batch.claims
+        ],
+        batch.packages,
+    )
 
 
 class _Batch(NamedTuple):
@@ -269,24 +315,28 @@ class Executions:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        #: The store process of this engine's live workers, once one asked.
-        self._process: StoreProcess | None = None
+        #: The store processes of this engine's live workers, by their leases.
+        self._processes: dict[Leases, StoreProcess] = {}
         self._process_lock = threading.Lock()
 
     def close(self) -> None:
-        """End the store process, if one was started."""
+        """End the store processes that were started."""
         with self._process_lock:
-            process, self._process = self._process, None
-        if process is not None:
+            processes = list(self._processes.values())
+            self._processes.clear()
+        for process in processes:
             process.close()
 
     def store_process(self, leases: Leases) -> StoreProcess:
         """
         The store process for workers with these leases, started at the
-        first call and kept for the next ones until :meth:`close`.
+        first call and kept for the next ones until :meth:`close` (one for
+        each distinct :class:`Leases`: runs with other leases get their own).
 
         Raises:
             ValueError: the engine cannot be built again in another process.
+            cavra_core.store_child.StoreProcessFailed: the store process
+                could not start.
         """
         recipe = self.engine.rebuild
         if recipe is None:
@@ -296,12 +346,10 @@ class Executions:
                 "objects or a clock of its own; leave store_process false"
             )
         with self._process_lock:
-            if self._process is not None and self._process.leases != leases:
-                self._process.close()
-                self._process = None
-            if self._process is None:
-                self._process = StoreProcess(recipe, leases)
-            return self._process
+            process = self._processes.get(leases)
+            if process is None:
+                process = self._processes[leases] = StoreProcess(recipe, leases)
+            return process
 
     # -- the live run -------------------------------------------------------------
 
@@ -1428,6 +1476,8 @@ class _StoreSide:
         self.leases = leases
         self.heartbeat = heartbeat
         self.clock = clock
+        #: In a store process: the claims handed out, as taken, by id.
+        self.claimed: dict[str, _Claim] = {}
 
     def claim(self, actor: Actor, limit: int) -> _Batch:
         """
@@ -1442,13 +1492,18 @@ class _StoreSide:
         claims = executions._claim_batch(
             self.leases, actor, self.clock(), self.heartbeat.worker_in_hand(), limit
         )
-        self.heartbeat.hold(claim.row.execution_id for claim in claims)
+        ids = [claim.row.execution_id for claim in claims]
+        self.heartbeat.hold(ids)
         try:
             packages = executions.engine.load_packages(
                 claim.row.package_id for claim in claims
             )
         except DATABASE_ERRORS:
             return _Batch(claims, None)  # the sender reads them, or fails
+        except BaseException:
+            # Nobody gets these claims: let them run out and be rescued.
+            self.heartbeat.drop(ids)
+            raise
         return _Batch(claims, packages)
 
     def record(
@@ -1537,7 +1592,17 @@ class _StoreInProcess:
         ids: Sequence[str],
         actor: Actor,
     ) -> Future[None]:
-        return self.process.submit("record", done, unsent, ids, actor)
+        # By execution id: the store process has the claims as it took them.
+        return self.process.submit(
+            "record",
+            [
+                (claim.row.execution_id, attempt, reason)
+                for claim, attempt, reason in done
+            ],
+            [claim.row.execution_id for claim in unsent],
+            ids,
+            actor,
+        )
 
     def forget(self, ids: Sequence[str]) -> Future[None]:
         return self.process.submit("forget", ids)
@@ -1687,10 +1752,10 @@ def claim_size(most: int, current: int, handled: int, seconds: float) -> int:
     """
     How many to claim next: :data:`BATCH_SECONDS` of sends at the pace of
     the batch just sent (``handled`` claims in ``seconds``), from 1 to
-    ``most``. A batch too small to tell the pace (under 5) keeps the
-    ``current`` size.
+    ``most``. A batch of which nothing was handled keeps the ``current``
+    size.
     """
-    if handled < 5 or seconds <= 0:
+    if handled <= 0 or seconds <= 0:
         return current
     wanted = BATCH_SECONDS * handled / seconds  # may be inf for a tiny time
     return most if wanted >= most else max(1, int(wanted))

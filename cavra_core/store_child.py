@@ -38,9 +38,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import IO, Any
+
+from cavra_core.errors import CavraError
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,10 @@ class StoreProcessEnded(Exception):
     """The store process ended before it answered (killed, out of memory)."""
 
 
-class StoreProcessFailed(RuntimeError):
+class StoreProcessFailed(CavraError):
     """The store process could not start; the message says why."""
+
+    title = "Store process could not start"
 
 
 class StoreProcess:
@@ -70,65 +75,136 @@ class StoreProcess:
     A child process doing the jobs of a worker's store, started again when
     it ended.
 
-    :meth:`submit` hands a job (``claim``, ``record`` or ``forget``, see
+    :meth:`submit` hands a job (``claim``, ``record``, ``forget``, see
     :data:`JOBS`) to the child and returns its future answer. A job the
     child did not answer because it ended fails with
-    :class:`StoreProcessEnded`, and the next job starts a new child; a
-    child that cannot start raises :class:`StoreProcessFailed`.
+    :class:`StoreProcessEnded`, and the next job starts a new child (a
+    child found ended before a job is handed over is replaced first). The
+    claims handed out and not yet recorded are known here too, so a new
+    child is told to keep them alive and not to rescue them: the worker
+    may still be sending them. The first child that cannot start raises
+    :class:`StoreProcessFailed`; a replacement that cannot start fails the
+    job with :class:`StoreProcessEnded`, and the next job tries again.
     """
 
     def __init__(self, recipe: Mapping[str, Any], leases: Any) -> None:
         self.recipe = dict(recipe)
         self.leases = leases
         self._lock = threading.Lock()
-        self._child = _Child.start(self.recipe, leases)
+        self._closed = False
+        #: Claims handed out and not yet recorded or forgotten, by holders.
+        self._held: Counter[str] = Counter()
+        self._held_lock = threading.Lock()
+        self._child: _Child | None = self._start()
 
     @property
-    def pid(self) -> int:
-        """The current child's process id."""
-        return self._child.process.pid
+    def pid(self) -> int | None:
+        """The current child's process id (None while none runs)."""
+        child = self._child
+        return None if child is None else child.process.pid
 
     def submit(self, job: str, *args: Any) -> Future[Any]:
         with self._lock:
-            if self._child.ended:
-                log.error(
-                    "worker store process ended worker_id=%s pid=%d; starting another",
-                    self.leases.worker_id,
-                    self._child.process.pid,
-                )
-                self._child.close()
-                self._child = _Child.start(self.recipe, self.leases)
-            return self._child.submit(job, args)
+            if self._closed:
+                raise RuntimeError("the engine's store process was closed")
+            child = self._child
+            if child is None or child.ended or child.process.poll() is not None:
+                if child is not None:
+                    log.error(
+                        "worker store process ended worker_id=%s pid=%d; "
+                        "starting another",
+                        self.leases.worker_id,
+                        child.process.pid,
+                    )
+                    child.close()
+                    self._child = None
+                try:
+                    child = self._child = self._start()
+                except StoreProcessFailed as error:
+                    log.error(
+                        "worker store process not started worker_id=%s error=%s",
+                        self.leases.worker_id,
+                        error,
+                    )
+                    failed: Future[Any] = Future()
+                    failed.set_exception(StoreProcessEnded(str(error)))
+                    return failed
+            return child.submit(job, args)
 
     def close(self) -> None:
         with self._lock:
-            self._child.close()
+            self._closed = True
+            child, self._child = self._child, None
+        if child is not None:
+            child.close()
+
+    def _start(self) -> _Child:
+        child = _Child.start(self.recipe, self.leases, self._answered)
+        with self._held_lock:
+            held = list(self._held.elements())
+        if held:
+            child.submit("hold", (held,))
+        return child
+
+    def _answered(self, job: str, args: tuple[Any, ...], value: Any) -> None:
+        """Keep the claims in hand up to date with the child's answers."""
+        with self._held_lock:
+            if job == "claim" and not isinstance(value, BaseException):
+                self._held.update(claim.row.execution_id for claim in value.claims)
+            elif job in ("record", "forget"):
+                self._held.subtract(args[-2] if job == "record" else args[0])
+                for execution_id in [i for i, n in self._held.items() if n <= 0]:
+                    del self._held[execution_id]
 
 
 class _Child:
     """One store process and the thread that hands it jobs, one at a time."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        answered: Callable[[str, tuple[Any, ...], Any], None],
+    ) -> None:
         self.process = process
         self.ended = False
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], bytes] | None] = (
-            queue.SimpleQueue()
-        )
+        self._answered = answered
+        self._jobs: queue.SimpleQueue[
+            tuple[Future[Any], str, tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._hand_over, name=f"store-process-{process.pid}", daemon=True
         )
         self._thread.start()
 
     @classmethod
-    def start(cls, recipe: Mapping[str, Any], leases: Any) -> _Child:
+    def start(
+        cls,
+        recipe: Mapping[str, Any],
+        leases: Any,
+        answered: Callable[[str, tuple[Any, ...], Any], None],
+    ) -> _Child:
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-        process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_MAIN],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=environment,
-        )
+        # SIGINT and SIGTERM are blocked across the start, so the child
+        # begins with them blocked (a mask is inherited) and ignores them
+        # before it lets them through: a stop signalled to the whole group
+        # while the child starts does not end it. The worker gets its own
+        # once they are unblocked here.
+        stops = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=environment,
+            )
+        except OSError as error:
+            raise StoreProcessFailed(
+                f"the store process could not be started ({error})"
+            ) from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         assert process.stdin is not None and process.stdout is not None
         try:
             _write(process.stdin, ("start", recipe, leases, log_setup(), os.getpid()))
@@ -149,11 +225,11 @@ class _Child:
         if status != "ready":
             _end(process)
             raise StoreProcessFailed(f"the store process could not start: {detail}")
-        return cls(process)
+        return cls(process, answered)
 
     def submit(self, job: str, args: tuple[Any, ...]) -> Future[Any]:
         future: Future[Any] = Future()
-        self._jobs.put((future, pickle.dumps((job, args), protocol=5)))
+        self._jobs.put((future, job, args))
         return future
 
     def close(self) -> None:
@@ -165,23 +241,26 @@ class _Child:
     def _hand_over(self) -> None:
         assert self.process.stdin is not None and self.process.stdout is not None
         while (item := self._jobs.get()) is not None:
-            future, message = item
+            future, job, args = item
             if not future.set_running_or_notify_cancel():
                 continue
+            value: Any
             if self.ended:
-                future.set_exception(StoreProcessEnded(self.process.pid))
-                continue
-            try:
-                _write_frame(self.process.stdin, message)
-                status, value = _read(self.process.stdout)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                self.ended = True
-                future.set_exception(StoreProcessEnded(self.process.pid))
-                continue
-            if status == "ok":
-                future.set_result(value)
+                value = StoreProcessEnded(self.process.pid)
             else:
-                future.set_exception(value)
+                try:
+                    _write(self.process.stdin, (job, args))
+                    status, value = _read(self.process.stdout)
+                except (OSError, EOFError, pickle.UnpicklingError):
+                    self.ended = True
+                    value = StoreProcessEnded(self.process.pid)
+                else:
+                    if status == "ok":
+                        self._answered(job, args, value)
+                        future.set_result(value)
+                        continue
+            self._answered(job, args, value)
+            future.set_exception(value)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -199,10 +278,7 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 
 
 def _write(stream: IO[bytes], message: Any) -> None:
-    _write_frame(stream, pickle.dumps(message, protocol=5))
-
-
-def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    body = pickle.dumps(message, protocol=5)
     stream.write(_FRAME.pack(len(body)) + body)
     stream.flush()
 
@@ -259,19 +335,53 @@ def _write_logs(logs: Mapping[str, Any]) -> None:
 
 
 def _claim(side: Any, actor: Any, limit: int) -> Any:
-    return side.claim(actor, limit)
+    """Claim a batch; the worker gets what it needs to send it, this process
+    keeps the claims as taken for their record."""
+    from cavra_core.executions import sendable
+
+    batch = side.claim(actor, limit)
+    side.claimed.update((claim.row.execution_id, claim) for claim in batch.claims)
+    return sendable(batch)
 
 
 def _record(side: Any, done: Any, unsent: Any, ids: Any, actor: Any) -> None:
-    side.record(done, unsent, ids, actor)
+    """Record a sent batch from its claims as taken here, by execution id."""
+    claimed = side.claimed
+    try:
+        outcomes = [
+            (claimed[execution_id], attempt, reason)
+            for execution_id, attempt, reason in done
+            if execution_id in claimed
+        ]
+        left = [claimed[i] for i in unsent if i in claimed]
+        unknown = [i for i in ids if i not in claimed]
+        if unknown:
+            # Taken by a store process that died: what they were as claimed
+            # went with it. They run out and are rescued.
+            log.warning(
+                "claims of an ended store process not recorded worker_id=%s "
+                "executions=%s",
+                side.leases.worker_id,
+                ",".join(unknown),
+            )
+        side.record(outcomes, left, ids, actor)
+    finally:
+        for execution_id in ids:
+            claimed.pop(execution_id, None)
 
 
 def _forget(side: Any, ids: Any) -> None:
+    for execution_id in ids:
+        side.claimed.pop(execution_id, None)
     side.forget(ids)
 
 
+def _hold(side: Any, ids: Any) -> None:
+    side.heartbeat.hold(ids)
+
+
 #: The jobs a store process does, by name.
-JOBS = {"claim": _claim, "record": _record, "forget": _forget}
+JOBS = {"claim": _claim, "record": _record, "forget": _forget, "hold": _hold}
 
 
 def main() -> int:
@@ -282,6 +392,7 @@ def main() -> int:
     requests = sys.stdin.buffer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         _, recipe, leases, logs, parent_pid = _read(requests)
     except EOFError:
