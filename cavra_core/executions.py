@@ -708,16 +708,7 @@ class Executions:
 
     def _claimable(self, condition: peewee.Expression, limit: int) -> list[Execution]:
         """Up to ``limit`` executions matching ``condition``, by due time, locked."""
-        query = (
-            Execution.select()
-            .where(condition)
-            .order_by(Execution.due_at, Execution.execution_id)
-            .limit(limit)
-        )
-        if store.is_postgres(self.engine.database):
-            # Rows another worker holds are passed over, not waited for.
-            query = query.for_update(skip_locked=True)
-        return list(query)
+        return list(claimable_query(self.engine.database, condition, limit))
 
     def _skip_reasons(
         self, rows: Sequence[Execution], lineages: Mapping[str, Lineage], now: datetime
@@ -1746,6 +1737,25 @@ class _Heartbeat:
                     self.leases.worker_id,
                     type(error).__name__,
                 )
+
+
+def claimable_query(
+    database: peewee.Database, condition: peewee.Expression, limit: int
+) -> peewee.ModelSelect:
+    """
+    The claim's read: executions matching ``condition`` in the queue's
+    order (due time, then id, the order of its index), at most ``limit``.
+    """
+    query = (
+        Execution.select()
+        .where(condition)
+        .order_by(Execution.due_at, Execution.execution_id)
+        .limit(limit)
+    )
+    if store.is_postgres(database):
+        # Rows another worker holds are passed over, not waited for.
+        query = query.for_update(skip_locked=True)
+    return query
 
 
 def claim_size(most: int, current: int, handled: int, seconds: float) -> int:

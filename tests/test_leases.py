@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import signal
@@ -28,12 +29,14 @@ from plugins_fixtures import (
     record_failure,
 )
 
-from cavra_core import store
+from cavra_core import Engine, store
+from cavra_core import executions as executions_module
 from cavra_core.executions import (
     LEASE_RESCUES,
     RECHECK_SECONDS,
     WORKER_ID,
     Leases,
+    claimable_query,
     default_worker_id,
     extend_leases,
     reconnect,
@@ -1441,3 +1444,69 @@ def test_claims_in_hand_do_not_crowd_out_the_rescue_of_others(engine, fake) -> N
     assert [claim.row.execution_id for claim in taken] == [theirs]
     assert Execution.get_by_id(theirs).rescue_count == 1
     assert all(Execution.get_by_id(i).rescue_count == 0 for i in in_hand)
+
+
+def _queued_rows(count: int) -> None:
+    """``count`` queued executions all due at once, as a bulk re-delivery."""
+    due = DUE
+    rows = [
+        {
+            "execution_id": f"ex_{index:032x}",
+            "run_id": "wr_bulk",
+            "decision_id": f"rd_{index:032x}",
+            "lineage_id": f"lin_{index:032x}",
+            "package_id": "p" * 64,
+            "connector_id": "hook-a",
+            "attempt_number": 2,
+            "claim_key": f"lin_{index:032x}:2",
+            "outcome": "queued",
+            "started_at": due,
+            "due_at": due,
+        }
+        for index in range(count)
+    ]
+    for start in range(0, count, 500):
+        Execution.insert_many(rows[start : start + 500]).execute()
+
+
+def test_a_claim_reads_its_batch_from_the_queues_index(database_url) -> None:
+    """
+    No sort of the queue for each batch: SQLite walks the index; PostgreSQL
+    does once its statistics know the queue is long (refreshed after a
+    bulk queue).
+    """
+    with (
+        Engine(database_url, {}, load_entry_points=False) as engine,
+        store.connected(engine.database),
+    ):
+        postgres = store.is_postgres(engine.database)
+        _queued_rows(3000 if postgres else 50)
+        if postgres:
+            assert store.refresh_statistics(engine.database, Execution)
+        sql, params = claimable_query(
+            engine.database, Execution.outcome == "queued", 100
+        ).sql()
+        explain = "EXPLAIN (FORMAT JSON) " if postgres else "EXPLAIN QUERY PLAN "
+        plan = engine.database.execute_sql(explain + sql, params).fetchall()
+
+    text = json.dumps(plan)
+    assert "execution_outcome_due_at_execution_id" in text, plan
+    if postgres:
+        assert '"Node Type": "Sort"' not in text, plan
+    else:
+        assert "TEMP B-TREE" not in text, plan
+
+
+def test_a_bulk_queue_refreshes_the_statistics_of_the_executions(
+    engine, fake, monkeypatch
+) -> None:
+    refreshed = []
+    monkeypatch.setattr(executions_module, "ANALYZE_AFTER", 2)
+    monkeypatch.setattr(
+        store, "refresh_statistics", lambda database, model: refreshed.append(model)
+    )
+    approved_due(engine, 3)
+    queue_only(engine)
+
+    assert refreshed == [Execution]
+    assert Counter(row.outcome for row in executions()) == Counter(queued=3)
