@@ -315,8 +315,8 @@ class Executions:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        #: The store processes of this engine's live workers, by their leases.
-        self._processes: dict[Leases, StoreProcess] = {}
+        #: The store processes of this engine's live workers, by worker id.
+        self._processes: dict[str, StoreProcess] = {}
         self._process_lock = threading.Lock()
 
     def close(self) -> None:
@@ -331,10 +331,11 @@ class Executions:
         """
         The store process for workers with these leases, started at the
         first call and kept for the next ones until :meth:`close` (one for
-        each distinct :class:`Leases`: runs with other leases get their own).
+        each worker id: runs under other worker ids get their own).
 
         Raises:
-            ValueError: the engine cannot be built again in another process.
+            ValueError: the engine cannot be built again in another process,
+                or this worker id has a store process with other leases.
             cavra_core.store_child.StoreProcessFailed: the store process
                 could not start.
         """
@@ -346,9 +347,17 @@ class Executions:
                 "objects or a clock of its own; leave store_process false"
             )
         with self._process_lock:
-            process = self._processes.get(leases)
+            process = self._processes.get(leases.worker_id)
+            if process is not None and process.leases != leases:
+                # Its heartbeat and its claims in hand serve one worker id,
+                # with one lease length.
+                raise ValueError(
+                    f"worker id {leases.worker_id} has a store process with other "
+                    "leases; give each lease setting a worker id of its own"
+                )
             if process is None:
-                process = self._processes[leases] = StoreProcess(recipe, leases)
+                process = StoreProcess(recipe, leases)
+                self._processes[leases.worker_id] = process
             return process
 
     # -- the live run -------------------------------------------------------------
@@ -1313,8 +1322,8 @@ class _Pipeline:
         self.ahead: Future[_Batch] | None = None
         #: The batch handed out to be sent, until its record is asked for.
         self.sending: _Batch | None = None
-        #: The record of the last batch sent.
-        self.recording: Future[None] | None = None
+        #: The record of the last batch sent, with what it records.
+        self.recording: tuple[Future[None], tuple[Any, ...]] | None = None
 
     def __enter__(self) -> _Pipeline:
         self.store.__enter__()
@@ -1368,15 +1377,16 @@ class _Pipeline:
             self.leases.batch_size, self.size, len(done), time.perf_counter() - started
         )
         ids = [claim.row.execution_id for claim in batch.claims]
+        record = (done, unsent, ids, self.actor)
         previous, self.recording = (
             self.recording,
-            self.store.record(done, unsent, ids, self.actor),
+            (self.store.record(*record), record),
         )
         self.sending = None
         sent = sum(1 for _, attempt, _ in done if attempt is not None)
         if previous is not None:
             try:
-                previous.result()
+                self._recorded(previous)
             except STORE_ERRORS as error:
                 failure = failure or error
         return sent, failure
@@ -1385,7 +1395,20 @@ class _Pipeline:
         """Wait for the last batch's record; raise its error."""
         recording, self.recording = self.recording, None
         if recording is not None:
-            recording.result()
+            self._recorded(recording)
+
+    def _recorded(self, recording: tuple[Future[None], tuple[Any, ...]]) -> None:
+        """
+        Wait for a record. One that a store process ending cut short is made
+        again by the next store process: the first may or may not have
+        committed, and a record writes only the claims still held, so what
+        was recorded already is left alone (``lease lost before recording``).
+        """
+        future, record = recording
+        try:
+            future.result()
+        except StoreProcessEnded:
+            self.store.record(*record).result()
 
     def settle(self, *, unwinding: bool = False) -> None:
         """
@@ -1402,6 +1425,13 @@ class _Pipeline:
             self.wait_recorded()
         except quiet as error:
             self._log_unsettled("last record", error)
+        finally:
+            # Whatever the last record raised: a store process outlives the
+            # call, and claims it was not told about would be kept alive.
+            self._put_back_ahead(quiet)
+
+    def _put_back_ahead(self, quiet: type[BaseException] | tuple[type, ...]) -> None:
+        """Put a batch claimed ahead, and not sent, back in the queue."""
         ahead, self.ahead = self.ahead, None
         if ahead is None:
             return
@@ -1737,6 +1767,21 @@ class _Heartbeat:
                     self.leases.worker_id,
                     type(error).__name__,
                 )
+
+
+def claims_of(execution_ids: Sequence[str]) -> dict[str, _Claim]:
+    """
+    Executions with their lineages as stored now, by id, as claims to be
+    recorded (those of a store process that ended: their rows as claimed
+    went with it).
+    """
+    rows = list(_executions(execution_ids))
+    lineages = _lineages(row.lineage_id for row in rows)
+    return {
+        row.execution_id: _Claim(row, lineages[row.lineage_id])
+        for row in rows
+        if row.lineage_id in lineages
+    }
 
 
 def claimable_query(

@@ -122,12 +122,13 @@ class StoreProcess:
                     child = self._child = self._start()
                 except StoreProcessFailed as error:
                     log.error(
-                        "worker store process not started worker_id=%s error=%s",
+                        "worker store process not started worker_id=%s",
                         self.leases.worker_id,
-                        error,
                     )
+                    ended = StoreProcessEnded(str(error))
+                    self._answered(job, args, ended)  # nobody holds them now
                     failed: Future[Any] = Future()
-                    failed.set_exception(StoreProcessEnded(str(error)))
+                    failed.set_exception(ended)
                     return failed
             return child.submit(job, args)
 
@@ -345,25 +346,25 @@ def _claim(side: Any, actor: Any, limit: int) -> Any:
 
 
 def _record(side: Any, done: Any, unsent: Any, ids: Any, actor: Any) -> None:
-    """Record a sent batch from its claims as taken here, by execution id."""
+    """
+    Record a sent batch from its claims as taken here, by execution id.
+    Claims another store process took (one that ended since) are read from
+    the database: the record checks in its own transaction that they are
+    still this worker's, and reads their lineages as they are now.
+    """
+    from cavra_core.executions import claims_of
+
     claimed = side.claimed
     try:
+        unknown = [i for i in ids if i not in claimed]
+        if unknown:
+            claimed.update(claims_of(unknown))
         outcomes = [
             (claimed[execution_id], attempt, reason)
             for execution_id, attempt, reason in done
             if execution_id in claimed
         ]
         left = [claimed[i] for i in unsent if i in claimed]
-        unknown = [i for i in ids if i not in claimed]
-        if unknown:
-            # Taken by a store process that died: what they were as claimed
-            # went with it. They run out and are rescued.
-            log.warning(
-                "claims of an ended store process not recorded worker_id=%s "
-                "executions=%s",
-                side.leases.worker_id,
-                ",".join(unknown),
-            )
         side.record(outcomes, left, ids, actor)
     finally:
         for execution_id in ids:

@@ -31,7 +31,13 @@ from workers_support import (
 )
 
 from cavra_core import Engine, store, store_child
-from cavra_core.executions import BATCH_SECONDS, Executions, Leases, claim_size
+from cavra_core.executions import (
+    BATCH_SECONDS,
+    Executions,
+    Leases,
+    _StoreInProcess,
+    claim_size,
+)
 from cavra_core.identity import Actor
 from cavra_core.store import Execution, WorkerRun
 from cavra_server.cli import main
@@ -420,3 +426,140 @@ def test_a_stop_signalled_while_the_store_process_starts_does_not_end_it(
         engine.close()
 
     assert signalled, "no child was signalled"
+
+
+def _send(engine: Engine, batch) -> list:
+    """Send a claimed batch as a worker does; its outcomes."""
+    return [
+        (
+            claim,
+            engine.send_attempt(
+                claim.row.lineage_id,
+                claim.row.attempt_number,
+                lineage=claim.lineage,
+                package=batch.packages[claim.row.package_id],
+            ),
+            "",
+        )
+        for claim in batch.claims
+    ]
+
+
+def _outcomes() -> Counter[str]:
+    return Counter(row.outcome for row in Execution.select(Execution.outcome))
+
+
+def _kill(process) -> None:
+    pid = process.pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, timeout=10)
+    time.sleep(0.2)  # a zombie can be waited for a moment after it shows
+
+
+def test_a_batch_sent_across_a_store_process_death_is_recorded(sqlite_url) -> None:
+    """The new store process reads the claims the dead one took, and records."""
+    with CountingReceiver() as receiver:
+        connectors = connectors_table(receiver.url)
+        seed_approved_retries(sqlite_url, connectors, 3)
+        engine = Engine(sqlite_url, connectors)
+        leases = Leases(worker_id="across", store_process=True)
+        try:
+            with store.connected(engine.database):
+                engine.run_worker(
+                    LIVE, leases=leases, max_deliveries=3, stop=lambda: True
+                )
+                side = _StoreInProcess(engine.executions.store_process(leases))
+                batch = side.claim(Actor("t"), 3).result(timeout=30)
+                _kill(side.process)
+                done = _send(engine, batch)
+                ids = [claim.row.execution_id for claim in batch.claims]
+                side.record(done, [], ids, Actor("t")).result(timeout=30)
+                outcomes = _outcomes()
+        finally:
+            engine.close()
+
+    assert sum(receiver.counts().values()) == 3
+    assert outcomes == Counter(delivered=3), outcomes
+
+
+def test_a_record_cut_short_by_the_store_process_ending_is_made_again(
+    sqlite_url, monkeypatch
+) -> None:
+    """
+    The store process dies in the middle of a record: the worker has the
+    next one record the batch (it cannot know whether the first committed).
+    """
+    with CountingReceiver() as receiver:
+        connectors = connectors_table(receiver.url)
+        seed_approved_retries(sqlite_url, connectors, 12)
+        engine = Engine(sqlite_url, connectors)
+        leases = Leases(worker_id="cut", batch_size=4, store_process=True)
+        process = engine.executions.store_process(leases)
+        submit = process.submit
+        killed: list[int] = []
+
+        def dying_record(job, *args):
+            future = submit(job, *args)
+            if job == "record" and not killed:
+                killed.append(process.pid)
+                os.kill(process.pid, signal.SIGKILL)
+            return future
+
+        monkeypatch.setattr(process, "submit", dying_record)
+        try:
+            with store.connected(engine.database):
+                run = live_run(engine, leases)
+                outcomes = _outcomes()
+        finally:
+            engine.close()
+
+    assert killed
+    assert run["summary"]["executed_count"] == 12
+    assert outcomes == Counter(delivered=12), outcomes
+    assert receiver.duplicates() == {}
+
+
+def test_a_replacement_that_cannot_start_leaves_no_claim_held(
+    sqlite_url, monkeypatch
+) -> None:
+    with CountingReceiver() as receiver:
+        connectors = connectors_table(receiver.url)
+        seed_approved_retries(sqlite_url, connectors, 3)
+        engine = Engine(sqlite_url, connectors)
+        leases = Leases(worker_id="stuck", lease_seconds=1, store_process=True)
+        try:
+            with store.connected(engine.database):
+                engine.run_worker(
+                    LIVE, leases=leases, max_deliveries=3, stop=lambda: True
+                )
+                process = engine.executions.store_process(leases)
+                batch = process.submit("claim", Actor("t"), 3).result(timeout=30)
+                ids = [claim.row.execution_id for claim in batch.claims]
+                _kill(process)
+                start = store_child.START_SECONDS
+                monkeypatch.setattr(store_child, "START_SECONDS", 0.0)
+                with pytest.raises(store_child.StoreProcessEnded):
+                    process.submit("record", [], ids, ids, Actor("t")).result(30)
+                monkeypatch.setattr(store_child, "START_SECONDS", start)
+                process.submit("forget", []).result(timeout=30)  # a good one starts
+                time.sleep(3.5)  # three leases
+                left = _expiries(ids)
+                now = engine.now()
+        finally:
+            engine.close()
+
+    assert all(expires < now for expires in left.values()), left
+
+
+def test_one_worker_id_gets_one_store_process(sqlite_url) -> None:
+    engine = Engine(sqlite_url, {})
+    try:
+        engine.executions.store_process(
+            Leases(worker_id="w", batch_size=5, store_process=True)
+        )
+        with pytest.raises(ValueError, match="worker id w has a store process"):
+            engine.executions.store_process(
+                Leases(worker_id="w", batch_size=7, store_process=True)
+            )
+    finally:
+        engine.close()
