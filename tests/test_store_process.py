@@ -74,6 +74,41 @@ def store_children() -> list[int]:
     return found
 
 
+def _send(engine: Engine, batch) -> list:
+    """Send a claimed batch as a worker does; its outcomes."""
+    return [
+        (
+            claim,
+            engine.send_attempt(
+                claim.row.lineage_id,
+                claim.row.attempt_number,
+                lineage=claim.lineage,
+                package=batch.packages[claim.row.package_id],
+            ),
+            "",
+        )
+        for claim in batch.claims
+    ]
+
+
+def _outcomes() -> Counter[str]:
+    return Counter(row.outcome for row in Execution.select(Execution.outcome))
+
+
+def _claimed(engine: Engine, leases: Leases, *, queue: int, claim: int):
+    """Queue ``queue`` retries without sending them; claim ``claim`` of them."""
+    engine.run_worker(LIVE, leases=leases, max_deliveries=queue, stop=lambda: True)
+    process = engine.executions.store_process(leases)
+    return process, process.submit("claim", Actor("t"), claim).result(timeout=30)
+
+
+def _kill(process) -> None:
+    pid = process.pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, timeout=10)
+    time.sleep(0.2)  # a zombie can be waited for a moment after it shows
+
+
 def test_a_live_run_claims_and_records_in_a_store_process(database_url) -> None:
     with CountingReceiver() as receiver:
         connectors = connectors_table(receiver.url)
@@ -363,16 +398,9 @@ def test_a_new_store_process_keeps_alive_the_claims_the_worker_still_sends(
         leases = Leases(worker_id="held", lease_seconds=1, store_process=True)
         try:
             with store.connected(engine.database):
-                # Queue the retries without sending them.
-                engine.run_worker(
-                    LIVE, leases=leases, max_deliveries=10, stop=lambda: True
-                )
-                process = engine.executions.store_process(leases)
-                batch = process.submit("claim", Actor("t"), 5).result(timeout=30)
+                process, batch = _claimed(engine, leases, queue=10, claim=5)
                 ids = [claim.row.execution_id for claim in batch.claims]
-                os.kill(process.pid, signal.SIGKILL)
-                assert wait_gone(process.pid, timeout=10)
-                time.sleep(0.2)  # a zombie can be waited for a moment after
+                _kill(process)
                 again = process.submit("claim", Actor("t"), 10).result(timeout=30)
                 time.sleep(2.5)  # past the lease: only a heartbeat keeps them
                 kept = _expiries(ids)
@@ -428,34 +456,6 @@ def test_a_stop_signalled_while_the_store_process_starts_does_not_end_it(
     assert signalled, "no child was signalled"
 
 
-def _send(engine: Engine, batch) -> list:
-    """Send a claimed batch as a worker does; its outcomes."""
-    return [
-        (
-            claim,
-            engine.send_attempt(
-                claim.row.lineage_id,
-                claim.row.attempt_number,
-                lineage=claim.lineage,
-                package=batch.packages[claim.row.package_id],
-            ),
-            "",
-        )
-        for claim in batch.claims
-    ]
-
-
-def _outcomes() -> Counter[str]:
-    return Counter(row.outcome for row in Execution.select(Execution.outcome))
-
-
-def _kill(process) -> None:
-    pid = process.pid
-    os.kill(pid, signal.SIGKILL)
-    assert wait_gone(pid, timeout=10)
-    time.sleep(0.2)  # a zombie can be waited for a moment after it shows
-
-
 def test_a_batch_sent_across_a_store_process_death_is_recorded(sqlite_url) -> None:
     """The new store process reads the claims the dead one took, and records."""
     with CountingReceiver() as receiver:
@@ -465,12 +465,9 @@ def test_a_batch_sent_across_a_store_process_death_is_recorded(sqlite_url) -> No
         leases = Leases(worker_id="across", store_process=True)
         try:
             with store.connected(engine.database):
-                engine.run_worker(
-                    LIVE, leases=leases, max_deliveries=3, stop=lambda: True
-                )
-                side = _StoreInProcess(engine.executions.store_process(leases))
-                batch = side.claim(Actor("t"), 3).result(timeout=30)
-                _kill(side.process)
+                process, batch = _claimed(engine, leases, queue=3, claim=3)
+                side = _StoreInProcess(process)
+                _kill(process)
                 done = _send(engine, batch)
                 ids = [claim.row.execution_id for claim in batch.claims]
                 side.record(done, [], ids, Actor("t")).result(timeout=30)
@@ -529,11 +526,7 @@ def test_a_replacement_that_cannot_start_leaves_no_claim_held(
         leases = Leases(worker_id="stuck", lease_seconds=1, store_process=True)
         try:
             with store.connected(engine.database):
-                engine.run_worker(
-                    LIVE, leases=leases, max_deliveries=3, stop=lambda: True
-                )
-                process = engine.executions.store_process(leases)
-                batch = process.submit("claim", Actor("t"), 3).result(timeout=30)
+                process, batch = _claimed(engine, leases, queue=3, claim=3)
                 ids = [claim.row.execution_id for claim in batch.claims]
                 _kill(process)
                 start = store_child.START_SECONDS
