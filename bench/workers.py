@@ -22,9 +22,8 @@ Reported for each run:
   processes, from ``/proc/PID/stat`` (user and system) between ready and
   done, start-up excluded;
 * how busy the machine's cores were from the first delivery to the last
-  (``/proc/stat``): at 100 %
-  the run is bound by the CPU the workers, the receiver and PostgreSQL
-  share, and more workers cannot go faster.
+  (``/proc/stat``): at 100 % the run is bound by the CPU the workers, the
+  receiver and PostgreSQL share, and more workers cannot go faster.
 
 The floor is the webhook connector's own HTTP client with no database: a
 child process calls ``WebhookConnectorType.deliver`` in a tight loop against

@@ -101,7 +101,7 @@ from cavra_core.store import (
     Lineage,
     RetryPlan,
 )
-from cavra_core.store_child import StoreProcess, StoreProcessEnded
+from cavra_core.store_child import StoreProcess, StoreProcessEnded, uncount
 
 if TYPE_CHECKING:
     from cavra_core.engine import Engine
@@ -384,8 +384,6 @@ class Executions:
         is queued or claimed, or when ``stop`` says so.
         """
         leases = leases or Leases()
-        if leases.store_process:
-            self.store_process(leases)  # fails before anything is queued
         judged = self._judge(due, now)
 
         approved: list[tuple[Decision, Word]] = []
@@ -1497,8 +1495,6 @@ class _StoreSide:
         self.leases = leases
         self.heartbeat = heartbeat
         self.clock = clock
-        #: In a store process: the claims handed out, as taken, by id.
-        self.claimed: dict[str, _Claim] = {}
 
     def claim(self, actor: Actor, limit: int) -> _Batch:
         """
@@ -1732,9 +1728,9 @@ class _Heartbeat:
         """Stop extending these claims, once each one's holders dropped them."""
         ids = list(execution_ids)
         with self._process_lock:
-            _uncount(self._in_hand, ids)
+            uncount(self._in_hand, ids)
             held = self._in_process.get(self.leases.worker_id, Counter())
-            _uncount(held, ids)
+            uncount(held, ids)
             if not held:
                 self._in_process.pop(self.leases.worker_id, None)
 
@@ -1814,13 +1810,6 @@ def claim_size(most: int, current: int, handled: int, seconds: float) -> int:
         return current
     wanted = BATCH_SECONDS * handled / seconds  # may be inf for a tiny time
     return most if wanted >= most else max(1, int(wanted))
-
-
-def _uncount(counts: Counter[str], ids: Iterable[str]) -> None:
-    """Take one holder off each id; ids left with none go."""
-    counts.subtract(ids)
-    for execution_id in [i for i, n in counts.items() if n <= 0]:
-        del counts[execution_id]
 
 
 def extend_leases(leases: Leases, now: datetime, execution_ids: Sequence[str]) -> int:

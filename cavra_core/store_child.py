@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import IO, Any
 
@@ -75,9 +75,9 @@ class StoreProcess:
     A child process doing the jobs of a worker's store, started again when
     it ended.
 
-    :meth:`submit` hands a job (``claim``, ``record``, ``forget``, see
-    :data:`JOBS`) to the child and returns its future answer. A job the
-    child did not answer because it ended fails with
+    :meth:`submit` hands a job (``claim``, ``record``, ``forget``, ``hold``:
+    the methods of :class:`_InChild`) to the child and returns its future
+    answer. A job the child did not answer because it ended fails with
     :class:`StoreProcessEnded`, and the next job starts a new child (a
     child found ended before a job is handed over is replaced first). The
     claims handed out and not yet recorded are known here too, so a new
@@ -152,10 +152,10 @@ class StoreProcess:
         with self._held_lock:
             if job == "claim" and not isinstance(value, BaseException):
                 self._held.update(claim.row.execution_id for claim in value.claims)
-            elif job in ("record", "forget"):
-                self._held.subtract(args[-2] if job == "record" else args[0])
-                for execution_id in [i for i, n in self._held.items() if n <= 0]:
-                    del self._held[execution_id]
+            elif job == "record":  # (done, unsent, ids, actor)
+                uncount(self._held, args[2])
+            elif job == "forget":  # (ids,)
+                uncount(self._held, args[0])
 
 
 class _Child:
@@ -211,18 +211,15 @@ class _Child:
             _write(process.stdin, ("start", recipe, leases, log_setup(), os.getpid()))
             ready, _, _ = select.select([process.stdout], [], [], START_SECONDS)
             if not ready:
-                raise StoreProcessFailed(
-                    f"the store process did not start within {START_SECONDS:g} s"
-                )
+                raise TimeoutError
             status, detail = _read(process.stdout)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError) as error:  # TimeoutError is an OSError
             _end(process)
             raise StoreProcessFailed(
-                f"the store process ended while starting ({type(error).__name__})"
+                f"the store process did not start within {START_SECONDS:g} s"
+                if isinstance(error, TimeoutError)
+                else f"the store process ended while starting ({type(error).__name__})"
             ) from None
-        except StoreProcessFailed:
-            _end(process)
-            raise
         if status != "ready":
             _end(process)
             raise StoreProcessFailed(f"the store process could not start: {detail}")
@@ -240,28 +237,34 @@ class _Child:
         _end(self.process)
 
     def _hand_over(self) -> None:
-        assert self.process.stdin is not None and self.process.stdout is not None
         while (item := self._jobs.get()) is not None:
             future, job, args = item
             if not future.set_running_or_notify_cancel():
                 continue
-            value: Any
-            if self.ended:
-                value = StoreProcessEnded(self.process.pid)
-            else:
-                try:
-                    _write(self.process.stdin, (job, args))
-                    status, value = _read(self.process.stdout)
-                except (OSError, EOFError, pickle.UnpicklingError):
-                    self.ended = True
-                    value = StoreProcessEnded(self.process.pid)
-                else:
-                    if status == "ok":
-                        self._answered(job, args, value)
-                        future.set_result(value)
-                        continue
+            status, value = self._exchange(job, args)
             self._answered(job, args, value)
-            future.set_exception(value)
+            if status == "ok":
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _exchange(self, job: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+        """The child's answer to one job: ``("ok", value)`` or an error."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        if not self.ended:
+            try:
+                _write(self.process.stdin, (job, args))
+                return _read(self.process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                self.ended = True
+        return "error", StoreProcessEnded(self.process.pid)
+
+
+def uncount(counts: Counter[str], ids: Iterable[str]) -> None:
+    """Take one holder off each id; ids left with none go."""
+    counts.subtract(ids)
+    for key in [key for key, n in counts.items() if n <= 0]:
+        del counts[key]
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -335,54 +338,57 @@ def _write_logs(logs: Mapping[str, Any]) -> None:
 # -- the child -----------------------------------------------------------------------
 
 
-def _claim(side: Any, actor: Any, limit: int) -> Any:
-    """Claim a batch; the worker gets what it needs to send it, this process
-    keeps the claims as taken for their record."""
-    from cavra_core.executions import sendable
-
-    batch = side.claim(actor, limit)
-    side.claimed.update((claim.row.execution_id, claim) for claim in batch.claims)
-    return sendable(batch)
-
-
-def _record(side: Any, done: Any, unsent: Any, ids: Any, actor: Any) -> None:
+class _InChild:
     """
-    Record a sent batch from its claims as taken here, by execution id.
-    Claims another store process took (one that ended since) are read from
-    the database: the record checks in its own transaction that they are
-    still this worker's, and reads their lineages as they are now.
+    The store side as a store process runs it. It keeps the claims it
+    handed out, as taken, by execution id: the worker gets what sending
+    needs of them and names them by id in their record. Claims another
+    store process took (one that ended since) are read from the database
+    for their record, which checks in its own transaction that they are
+    still this worker's and reads their lineages as they are now.
     """
-    from cavra_core.executions import claims_of
 
-    claimed = side.claimed
-    try:
-        unknown = [i for i in ids if i not in claimed]
-        if unknown:
-            claimed.update(claims_of(unknown))
-        outcomes = [
-            (claimed[execution_id], attempt, reason)
-            for execution_id, attempt, reason in done
-            if execution_id in claimed
-        ]
-        left = [claimed[i] for i in unsent if i in claimed]
-        side.record(outcomes, left, ids, actor)
-    finally:
+    def __init__(self, side: Any) -> None:
+        self.side = side
+        self.claimed: dict[str, Any] = {}
+
+    def claim(self, actor: Any, limit: int) -> Any:
+        from cavra_core.executions import sendable
+
+        batch = self.side.claim(actor, limit)
+        self.claimed.update((c.row.execution_id, c) for c in batch.claims)
+        return sendable(batch)
+
+    def record(self, done: Any, unsent: Any, ids: Any, actor: Any) -> None:
+        from cavra_core.executions import claims_of
+
+        claimed = self.claimed
+        try:
+            unknown = [i for i in ids if i not in claimed]
+            if unknown:
+                claimed.update(claims_of(unknown))
+            outcomes = [
+                (claimed[execution_id], attempt, reason)
+                for execution_id, attempt, reason in done
+                if execution_id in claimed
+            ]
+            left = [claimed[i] for i in unsent if i in claimed]
+            self.side.record(outcomes, left, ids, actor)
+        finally:
+            for execution_id in ids:
+                claimed.pop(execution_id, None)
+
+    def forget(self, ids: Any) -> None:
         for execution_id in ids:
-            claimed.pop(execution_id, None)
+            self.claimed.pop(execution_id, None)
+        self.side.forget(ids)
+
+    def hold(self, ids: Any) -> None:
+        self.side.heartbeat.hold(ids)
 
 
-def _forget(side: Any, ids: Any) -> None:
-    for execution_id in ids:
-        side.claimed.pop(execution_id, None)
-    side.forget(ids)
-
-
-def _hold(side: Any, ids: Any) -> None:
-    side.heartbeat.hold(ids)
-
-
-#: The jobs a store process does, by name.
-JOBS = {"claim": _claim, "record": _record, "forget": _forget, "hold": _hold}
+#: The jobs a store process does: methods of :class:`_InChild`.
+JOBS = frozenset({"claim", "record", "forget", "hold"})
 
 
 def main() -> int:
@@ -405,6 +411,7 @@ def main() -> int:
         _write(answers, ("failed", f"{type(error).__name__}: {error}"))
         return 1
     _watch_parent(parent_pid, side.heartbeat)
+    in_child = _InChild(side)
     _write(answers, ("ready", os.getpid()))
     try:
         while True:
@@ -413,7 +420,7 @@ def main() -> int:
             except EOFError:
                 return 0
             try:
-                answer = ("ok", _run(side, engine, job, args))
+                answer = ("ok", _run(in_child, engine, job, args))
             except Exception as error:  # noqa: BLE001 - handed to the worker
                 answer = ("error", _picklable(error))
             try:
@@ -436,10 +443,12 @@ def _begin(recipe: Mapping[str, Any], leases: Any) -> tuple[Any, Any]:
     return side, engine
 
 
-def _run(side: Any, engine: Any, job: str, args: tuple[Any, ...]) -> Any:
+def _run(in_child: _InChild, engine: Any, job: str, args: tuple[Any, ...]) -> Any:
     from cavra_core.executions import run_store_job
 
-    return run_store_job(engine.database, lambda: JOBS[job](side, *args))
+    if job not in JOBS:
+        raise ValueError(f"no such store job: {job}")
+    return run_store_job(engine.database, lambda: getattr(in_child, job)(*args))
 
 
 def _picklable(error: Exception) -> Exception:

@@ -92,6 +92,14 @@ def engine(make_engine, fake, clock):
     )
 
 
+#: The test runs on the PostgreSQL store only (row locks, SKIP LOCKED).
+on_postgres_only = pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+
+
 def approved_due(engine, count: int) -> list[str]:
     """``count`` lineages failed at T0, planned, approved; their retries are due."""
     lineages = [
@@ -843,11 +851,7 @@ def test_a_word_given_mid_batch_stops_the_sends_after_it(
     assert skipped == ["denied", "denied"]
 
 
-@pytest.mark.parametrize(
-    "database_url",
-    [pytest.param("postgres", marks=pytest.mark.postgres)],
-    indirect=True,
-)
+@on_postgres_only
 def test_a_connection_lost_mid_batch_still_records_what_was_sent(
     engine, fake, monkeypatch, database_url
 ) -> None:
@@ -905,11 +909,7 @@ class PausingType(FakeType):
         return DELIVERED if kind % 2 else failed(503)
 
 
-@pytest.mark.parametrize(
-    "database_url",
-    [pytest.param("postgres", marks=pytest.mark.postgres)],
-    indirect=True,
-)
+@on_postgres_only
 def test_workers_and_an_import_pausing_connectors_never_deadlock(
     make_engine, caplog, database_url
 ) -> None:
@@ -1242,11 +1242,7 @@ def test_the_heartbeat_counts_the_holders_of_a_claim(engine) -> None:
     assert heartbeat.in_hand == ()
 
 
-@pytest.mark.parametrize(
-    "database_url",
-    [pytest.param("postgres", marks=pytest.mark.postgres)],
-    indirect=True,
-)
+@on_postgres_only
 def test_a_health_row_held_by_another_writer_makes_no_retry_go_twice(
     engine, fake, database_url
 ) -> None:

@@ -10,12 +10,14 @@ in the middle of a run started again without a retry recorded twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import hypothesis.strategies as st
 import pytest
@@ -74,6 +76,31 @@ def store_children() -> list[int]:
     return found
 
 
+@contextlib.contextmanager
+def seeded(
+    url: str, count: int, **receiver_options: float
+) -> Iterator[tuple[CountingReceiver, Engine, list[str]]]:
+    """
+    A loopback receiver, ``count`` approved due retries to it, and an engine
+    on them as ``cavra worker serve`` builds one, connected; closed after.
+    """
+    with CountingReceiver(**receiver_options) as receiver:
+        connectors = connectors_table(receiver.url)
+        lineages = seed_approved_retries(url, connectors, count)
+        with opened(url, connectors) as engine, store.connected(engine.database):
+            yield receiver, engine, lineages
+
+
+@contextlib.contextmanager
+def opened(url: str, connectors: dict | None = None) -> Iterator[Engine]:
+    """An engine that can be built again in a store process; closed after."""
+    engine = Engine(url, connectors or {})
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def _send(engine: Engine, batch) -> list:
     """Send a claimed batch as a worker does; its outcomes."""
     return [
@@ -110,19 +137,12 @@ def _kill(process) -> None:
 
 
 def test_a_live_run_claims_and_records_in_a_store_process(database_url) -> None:
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        lineages = seed_approved_retries(database_url, connectors, RETRIES)
-        engine = Engine(database_url, connectors)
-        try:
-            before = set(store_children())
-            leases = Leases(worker_id="proc-1", batch_size=7, store_process=True)
-            with store.connected(engine.database):
-                run = live_run(engine, leases)
-                delivered = delivered_per_lineage()
-            started = set(store_children()) - before
-        finally:
-            engine.close()
+    with seeded(database_url, RETRIES) as (receiver, engine, lineages):
+        before = set(store_children())
+        leases = Leases(worker_id="proc-1", batch_size=7, store_process=True)
+        run = live_run(engine, leases)
+        delivered = delivered_per_lineage()
+        started = set(store_children()) - before
 
     assert run["summary"]["executed_count"] == RETRIES
     assert receiver.counts() == Counter({lineage: 1 for lineage in lineages})
@@ -161,10 +181,7 @@ def test_a_killed_store_process_is_started_again_and_nothing_is_recorded_twice(
     delivered once (the receiver may get the batches in hand twice).
     """
     batch = 5
-    with CountingReceiver(delay=0.01) as receiver:
-        connectors = connectors_table(receiver.url)
-        lineages = seed_approved_retries(database_url, connectors, RETRIES)
-        engine = Engine(database_url, connectors)
+    with seeded(database_url, RETRIES, delay=0.01) as (receiver, engine, lineages):
         leases = Leases(
             worker_id="proc-1", batch_size=batch, lease_seconds=1, store_process=True
         )
@@ -177,20 +194,16 @@ def test_a_killed_store_process_is_started_again_and_nothing_is_recorded_twice(
             killed.append(child)
 
         killer = threading.Thread(target=kill_the_store_process, daemon=True)
+        caplog.set_level(logging.INFO, logger="cavra_core.executions")
+        engine.executions.store_process(leases)
+        killer.start()
         try:
-            caplog.set_level(logging.INFO, logger="cavra_core.executions")
-            with store.connected(engine.database):
-                engine.executions.store_process(leases)
-                killer.start()
-                run = live_run(engine, leases)
-                delivered = delivered_per_lineage()
-                outcomes = Counter(
-                    row.outcome for row in Execution.select(Execution.outcome)
-                )
+            run = live_run(engine, leases)
+            delivered = delivered_per_lineage()
+            outcomes = _outcomes()
             replacement = store_children()
         finally:
             killer.join(timeout=60)
-            engine.close()
 
     assert killed, "the store process was not killed"
     assert replacement and replacement != killed
@@ -235,10 +248,7 @@ def test_claims_of_a_batch_cut_short_are_left_to_run_out(database_url, monkeypat
     store process, which outlives the run, stops extending its claims, so
     they run out after one lease and any worker rescues them.
     """
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(database_url, connectors, RETRIES)
-        engine = Engine(database_url, connectors)
+    with seeded(database_url, RETRIES) as (receiver, engine, _):
         leases = Leases(
             worker_id="proc-1", batch_size=10, lease_seconds=1, store_process=True
         )
@@ -247,15 +257,11 @@ def test_claims_of_a_batch_cut_short_are_left_to_run_out(database_url, monkeypat
             raise RuntimeError("a bug in the middle of the sends")
 
         monkeypatch.setattr(Executions, "_send_claims", broken_sends)
-        try:
-            with store.connected(engine.database):
-                with pytest.raises(RuntimeError, match="a bug"):
-                    live_run(engine, leases)
-                time.sleep(2.5)  # the heartbeat beats every third of a second
-                claimed = list(Execution.select().where(Execution.outcome == "claimed"))
-                now = engine.now()
-        finally:
-            engine.close()
+        with pytest.raises(RuntimeError, match="a bug"):
+            live_run(engine, leases)
+        time.sleep(2.5)  # the heartbeat beats every third of a second
+        claimed = list(Execution.select().where(Execution.outcome == "claimed"))
+        now = engine.now()
 
     assert claimed, "the batch was not claimed"
     assert all(row.lease_expires_at < now for row in claimed), [
@@ -283,8 +289,7 @@ def test_a_live_service_whose_store_process_cannot_start_stops_at_once(
 
 
 def test_runs_with_other_leases_get_store_processes_of_their_own(sqlite_url) -> None:
-    engine = Engine(sqlite_url, {})
-    try:
+    with opened(sqlite_url) as engine:
         first = engine.executions.store_process(
             Leases(worker_id="run-a", store_process=True)
         )
@@ -294,8 +299,6 @@ def test_runs_with_other_leases_get_store_processes_of_their_own(sqlite_url) -> 
         assert first is not second
         assert first.submit("forget", []).result(timeout=30) is None
         assert second.submit("forget", []).result(timeout=30) is None
-    finally:
-        engine.close()
 
     with pytest.raises(RuntimeError, match="store process was closed"):
         first.submit("forget", [])
@@ -310,10 +313,7 @@ def test_a_store_process_that_cannot_start_records_no_run(
     """
     from cavra_server.worker_service import WorkerService, every
 
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(sqlite_url, connectors, 3)
-        engine = Engine(sqlite_url, connectors)
+    with seeded(sqlite_url, 3) as (receiver, engine, _):
         monkeypatch.setattr(store_child, "START_SECONDS", 0.0)
         service = WorkerService(
             engine,
@@ -321,12 +321,8 @@ def test_a_store_process_that_cannot_start_records_no_run(
             LIVE,
             leases=Leases(worker_id="svc", store_process=True),
         )
-        try:
-            with store.connected(engine.database):
-                service.run_window(service.schedule.window_at(engine.now()))
-                runs = WorkerRun.select().count()
-        finally:
-            engine.close()
+        service.run_window(service.schedule.window_at(engine.now()))
+        runs = WorkerRun.select().count()
 
     assert runs == 0
     assert receiver.counts() == Counter()
@@ -343,22 +339,15 @@ def test_claims_grow_again_once_the_receiver_is_fast() -> None:
 def test_claims_whose_packages_cannot_be_read_are_left_to_run_out(
     sqlite_url,
 ) -> None:
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(sqlite_url, connectors, 3)
-        engine = Engine(sqlite_url, connectors)
+    with seeded(sqlite_url, 3) as (_, engine, _):
         # A timestamp no datetime can hold: reading the packages fails.
         engine.database.execute_sql("UPDATE audit_package SET generated_at = 9e18")
         leases = Leases(worker_id="p", lease_seconds=1, store_process=True)
-        try:
-            with store.connected(engine.database):
-                with pytest.raises(Exception):  # noqa: B017, PT011 - whatever it is
-                    live_run(engine, leases)
-                time.sleep(2.5)
-                claimed = list(Execution.select().where(Execution.outcome == "claimed"))
-                now = engine.now()
-        finally:
-            engine.close()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever it is
+            live_run(engine, leases)
+        time.sleep(2.5)
+        claimed = list(Execution.select().where(Execution.outcome == "claimed"))
+        now = engine.now()
 
     assert claimed
     assert all(row.lease_expires_at < now for row in claimed)
@@ -367,20 +356,15 @@ def test_claims_whose_packages_cannot_be_read_are_left_to_run_out(
 def test_a_store_process_killed_while_idle_is_replaced_before_the_next_job(
     sqlite_url,
 ) -> None:
-    engine = Engine(sqlite_url, {})
-    try:
+    with opened(sqlite_url) as engine:
         process = engine.executions.store_process(
             Leases(worker_id="idle", store_process=True)
         )
         first = process.pid
-        os.kill(first, signal.SIGKILL)
-        assert wait_gone(first, timeout=10)
-        time.sleep(0.2)  # a zombie can be waited for a moment after it shows
+        _kill(process)
 
         assert process.submit("forget", []).result(timeout=30) is None
         assert process.pid != first
-    finally:
-        engine.close()
 
 
 def test_a_new_store_process_keeps_alive_the_claims_the_worker_still_sends(
@@ -391,26 +375,19 @@ def test_a_new_store_process_keeps_alive_the_claims_the_worker_still_sends(
     new one extends those claims (and does not rescue them) until the
     worker says what became of them.
     """
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(database_url, connectors, 10)
-        engine = Engine(database_url, connectors)
+    with seeded(database_url, 10) as (_, engine, _):
         leases = Leases(worker_id="held", lease_seconds=1, store_process=True)
-        try:
-            with store.connected(engine.database):
-                process, batch = _claimed(engine, leases, queue=10, claim=5)
-                ids = [claim.row.execution_id for claim in batch.claims]
-                _kill(process)
-                again = process.submit("claim", Actor("t"), 10).result(timeout=30)
-                time.sleep(2.5)  # past the lease: only a heartbeat keeps them
-                kept = _expiries(ids)
-                now = engine.now()
-                process.submit("forget", ids).result(timeout=30)
-                time.sleep(2.5)
-                left = _expiries(ids)
-                later = engine.now()
-        finally:
-            engine.close()
+        process, batch = _claimed(engine, leases, queue=10, claim=5)
+        ids = [claim.row.execution_id for claim in batch.claims]
+        _kill(process)
+        again = process.submit("claim", Actor("t"), 10).result(timeout=30)
+        time.sleep(2.5)  # past the lease: only a heartbeat keeps them
+        kept = _expiries(ids)
+        now = engine.now()
+        process.submit("forget", ids).result(timeout=30)
+        time.sleep(2.5)
+        left = _expiries(ids)
+        later = engine.now()
 
     assert len(ids) == 5
     assert not {claim.row.execution_id for claim in again.claims} & set(ids)
@@ -429,7 +406,6 @@ def test_a_stop_signalled_while_the_store_process_starts_does_not_end_it(
     sqlite_url,
 ) -> None:
     """SIGTERM sent to the child the moment it exists (a group stop) is ignored."""
-    engine = Engine(sqlite_url, {})
     known = set(children(os.getpid()))
     signalled: list[int] = []
     stop = threading.Event()
@@ -442,38 +418,31 @@ def test_a_stop_signalled_while_the_store_process_starts_does_not_end_it(
             time.sleep(0.0005)
 
     watcher = threading.Thread(target=signal_new_children, daemon=True)
-    watcher.start()
-    try:
-        process = engine.executions.store_process(
-            Leases(worker_id="started", store_process=True)
-        )
-        assert process.submit("forget", []).result(timeout=30) is None
-    finally:
-        stop.set()
-        watcher.join()
-        engine.close()
+    with opened(sqlite_url) as engine:
+        watcher.start()
+        try:
+            process = engine.executions.store_process(
+                Leases(worker_id="started", store_process=True)
+            )
+            assert process.submit("forget", []).result(timeout=30) is None
+        finally:
+            stop.set()
+            watcher.join()
 
     assert signalled, "no child was signalled"
 
 
 def test_a_batch_sent_across_a_store_process_death_is_recorded(sqlite_url) -> None:
     """The new store process reads the claims the dead one took, and records."""
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(sqlite_url, connectors, 3)
-        engine = Engine(sqlite_url, connectors)
+    with seeded(sqlite_url, 3) as (receiver, engine, _):
         leases = Leases(worker_id="across", store_process=True)
-        try:
-            with store.connected(engine.database):
-                process, batch = _claimed(engine, leases, queue=3, claim=3)
-                side = _StoreInProcess(process)
-                _kill(process)
-                done = _send(engine, batch)
-                ids = [claim.row.execution_id for claim in batch.claims]
-                side.record(done, [], ids, Actor("t")).result(timeout=30)
-                outcomes = _outcomes()
-        finally:
-            engine.close()
+        process, batch = _claimed(engine, leases, queue=3, claim=3)
+        side = _StoreInProcess(process)
+        _kill(process)
+        done = _send(engine, batch)
+        ids = [claim.row.execution_id for claim in batch.claims]
+        side.record(done, [], ids, Actor("t")).result(timeout=30)
+        outcomes = _outcomes()
 
     assert sum(receiver.counts().values()) == 3
     assert outcomes == Counter(delivered=3), outcomes
@@ -486,10 +455,7 @@ def test_a_record_cut_short_by_the_store_process_ending_is_made_again(
     The store process dies in the middle of a record: the worker has the
     next one record the batch (it cannot know whether the first committed).
     """
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(sqlite_url, connectors, 12)
-        engine = Engine(sqlite_url, connectors)
+    with seeded(sqlite_url, 12) as (receiver, engine, _):
         leases = Leases(worker_id="cut", batch_size=4, store_process=True)
         process = engine.executions.store_process(leases)
         submit = process.submit
@@ -503,12 +469,8 @@ def test_a_record_cut_short_by_the_store_process_ending_is_made_again(
             return future
 
         monkeypatch.setattr(process, "submit", dying_record)
-        try:
-            with store.connected(engine.database):
-                run = live_run(engine, leases)
-                outcomes = _outcomes()
-        finally:
-            engine.close()
+        run = live_run(engine, leases)
+        outcomes = _outcomes()
 
     assert killed
     assert run["summary"]["executed_count"] == 12
@@ -519,34 +481,26 @@ def test_a_record_cut_short_by_the_store_process_ending_is_made_again(
 def test_a_replacement_that_cannot_start_leaves_no_claim_held(
     sqlite_url, monkeypatch
 ) -> None:
-    with CountingReceiver() as receiver:
-        connectors = connectors_table(receiver.url)
-        seed_approved_retries(sqlite_url, connectors, 3)
-        engine = Engine(sqlite_url, connectors)
+    with seeded(sqlite_url, 3) as (_, engine, _):
         leases = Leases(worker_id="stuck", lease_seconds=1, store_process=True)
-        try:
-            with store.connected(engine.database):
-                process, batch = _claimed(engine, leases, queue=3, claim=3)
-                ids = [claim.row.execution_id for claim in batch.claims]
-                _kill(process)
-                start = store_child.START_SECONDS
-                monkeypatch.setattr(store_child, "START_SECONDS", 0.0)
-                with pytest.raises(store_child.StoreProcessEnded):
-                    process.submit("record", [], ids, ids, Actor("t")).result(30)
-                monkeypatch.setattr(store_child, "START_SECONDS", start)
-                process.submit("forget", []).result(timeout=30)  # a good one starts
-                time.sleep(3.5)  # three leases
-                left = _expiries(ids)
-                now = engine.now()
-        finally:
-            engine.close()
+        process, batch = _claimed(engine, leases, queue=3, claim=3)
+        ids = [claim.row.execution_id for claim in batch.claims]
+        _kill(process)
+        start = store_child.START_SECONDS
+        monkeypatch.setattr(store_child, "START_SECONDS", 0.0)
+        with pytest.raises(store_child.StoreProcessEnded):
+            process.submit("record", [], ids, ids, Actor("t")).result(30)
+        monkeypatch.setattr(store_child, "START_SECONDS", start)
+        process.submit("forget", []).result(timeout=30)  # a good one starts
+        time.sleep(3.5)  # three leases
+        left = _expiries(ids)
+        now = engine.now()
 
     assert all(expires < now for expires in left.values()), left
 
 
 def test_one_worker_id_gets_one_store_process(sqlite_url) -> None:
-    engine = Engine(sqlite_url, {})
-    try:
+    with opened(sqlite_url) as engine:
         engine.executions.store_process(
             Leases(worker_id="w", batch_size=5, store_process=True)
         )
@@ -554,5 +508,3 @@ def test_one_worker_id_gets_one_store_process(sqlite_url) -> None:
             engine.executions.store_process(
                 Leases(worker_id="w", batch_size=7, store_process=True)
             )
-    finally:
-        engine.close()
