@@ -399,7 +399,7 @@ class Approvals:
             .where(ApprovalItem.approval_id == row.approval_id)
             .order_by(ApprovalItem.position)
         )
-        versions = _lineage_versions(item.lineage_id for item in items)
+        versions = lineage_versions(item.lineage_id for item in items)
         latest = _latest_items(item.lineage_id for item in items)
         item_states = [_item_state(row, item, versions, latest, now) for item in items]
         document = {
@@ -437,15 +437,25 @@ class Approvals:
 
     def latest_words(self, lineage_ids: Iterable[str]) -> dict[str, Word]:
         """The latest approval or denial covering each lineage, if any."""
-        words: dict[str, Word] = {}
+        latest: dict[str, ApprovalItem] = {}
         wanted = list(dict.fromkeys(lineage_ids))
         for start in range(0, len(wanted), _CHUNK):
-            rows = newest_words_first(
-                wanted[start : start + _CHUNK], ApprovalItem, Approval
-            )
-            for item in rows:
-                words.setdefault(item.lineage_id, Word(item.approval, item))
-        return words
+            for item in newest_words_first(
+                wanted[start : start + _CHUNK], ApprovalItem
+            ):
+                latest.setdefault(item.lineage_id, item)
+        # An approval covers many lineages: each is read once, not per item.
+        approval_ids = list({item.approval_id for item in latest.values()})
+        approvals: dict[str, Approval] = {}
+        for start in range(0, len(approval_ids), _CHUNK):
+            for approval in Approval.select().where(
+                store.among(Approval.approval_id, approval_ids[start : start + _CHUNK])
+            ):
+                approvals[approval.approval_id] = approval
+        return {
+            lineage_id: Word(approvals[item.approval_id], item)
+            for lineage_id, item in latest.items()
+        }
 
 
 def newest_words_first(lineage_ids: Iterable[str], *columns: Any) -> peewee.Query:
@@ -460,7 +470,7 @@ def newest_words_first(lineage_ids: Iterable[str], *columns: Any) -> peewee.Quer
             on=(ApprovalItem.approval_id == Approval.approval_id),
             attr="approval",
         )
-        .where(ApprovalItem.lineage_id.in_(list(lineage_ids)))
+        .where(store.among(ApprovalItem.lineage_id, list(lineage_ids)))
         .order_by(ApprovalItem.created_at.desc(), ApprovalItem.approval_id.desc())
     )
 
@@ -478,7 +488,7 @@ def _approvable(row: RetryDecision) -> bool:
 
 def skip_reason(
     word: Word,
-    lineage: Lineage,
+    lineage: Lineage | LineageVersion,
     plan_hash: str,
     now: datetime,
     *,
@@ -507,16 +517,24 @@ def skip_reason(
     return ""
 
 
-def _lineage_versions(lineage_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+class LineageVersion(NamedTuple):
+    """What an approval's freshness depends on: a lineage's version and state."""
+
+    version: int
+    state: str
+
+
+def lineage_versions(lineage_ids: Iterable[str]) -> dict[str, LineageVersion]:
+    """The version and state of each of these lineages, by id."""
     wanted = list(dict.fromkeys(lineage_ids))
-    found: dict[str, tuple[int, str]] = {}
+    found: dict[str, LineageVersion] = {}
     for start in range(0, len(wanted), _CHUNK):
         for lineage_id, version, state in (
             Lineage.select(Lineage.lineage_id, Lineage.version, Lineage.state)
-            .where(Lineage.lineage_id.in_(wanted[start : start + _CHUNK]))
+            .where(store.among(Lineage.lineage_id, wanted[start : start + _CHUNK]))
             .tuples()
         ):
-            found[lineage_id] = (version, state)
+            found[lineage_id] = LineageVersion(version, state)
     return found
 
 

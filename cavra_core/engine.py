@@ -469,7 +469,9 @@ class Engine:
         """Several packages' documents by id, in two queries; unknown ids left out."""
         wanted = list(dict.fromkeys(package_ids))
         documents: dict[str, dict[str, Any]] = {}
-        for row in AuditPackage.select().where(AuditPackage.package_id.in_(wanted)):
+        for row in AuditPackage.select().where(
+            store.among(AuditPackage.package_id, wanted)
+        ):
             documents[row.package_id] = {
                 "drill_id": row.drill_id,
                 "generated_at": iso(row.generated_at),
@@ -478,7 +480,7 @@ class Engine:
             }
         acknowledgements = (
             Acknowledgement.select()
-            .where(Acknowledgement.package.in_(list(documents)))
+            .where(store.among(Acknowledgement.package, list(documents)))
             .order_by(Acknowledgement.package, Acknowledgement.position)
         )
         for ack in acknowledgements:

@@ -87,6 +87,7 @@ from cavra_core.approvals import (
     WORDS_CHANNEL,
     WORDS_GIVEN,
     Word,
+    lineage_versions,
     newest_words_first,
     skip_reason,
 )
@@ -155,7 +156,7 @@ STORE_ERRORS = (*DATABASE_ERRORS, StoreProcessEnded)
 
 T = TypeVar("T")
 #: Queue writes go in chunks of this many executions.
-_CHUNK = 200
+_CHUNK = 500
 #: How long the sends of one claimed batch should take, at the pace of the
 #: batch before (see :attr:`Leases.batch_size`).
 BATCH_SECONDS = 0.25
@@ -458,7 +459,7 @@ class Executions:
         it does not let a live run send the lineage now (``""`` when it does).
         """
         words = self.engine.approvals.latest_words(d.lineage_id for d in due)
-        lineages = _lineages(words)
+        lineages = lineage_versions(words)
         plan_hashes = _plan_hashes(w.approval.retry_plan_id for w in words.values())
         judged = {}
         for lineage_id, word in words.items():
@@ -507,12 +508,12 @@ class Executions:
             keys = {f"{d.lineage_id}:{d.retry_count + 1}": (d, w) for d, w in chunk}
             taken = set(
                 Execution.select(Execution.claim_key)
-                .where(Execution.claim_key.in_(list(keys)))
+                .where(store.among(Execution.claim_key, list(keys)))
                 .tuples()
             )
             free = [pair for key, pair in keys.items() if (key,) not in taken]
             items = ApprovalItem.select(ApprovalItem.id).where(
-                ApprovalItem.id.in_([w.item.id for _, w in free])
+                store.among(ApprovalItem.id, [w.item.id for _, w in free])
                 & ApprovalItem.used_at.is_null()
             )
             if store.is_postgres(database):
@@ -541,22 +542,26 @@ class Executions:
                         "outcome": "queued",
                         "started_at": now,
                         "due_at": decision.not_before,
+                        "duration_ms": 0,
+                        "rescue_count": 0,
                     }
                 )
                 queued[execution_id] = decision
-            if used_by:
-                # One statement for the chunk: each item gets its execution.
-                ApprovalItem.update(
-                    used_at=now, execution_id=peewee.Case(ApprovalItem.id, used_by)
-                ).where(ApprovalItem.id.in_([item for item, _ in used_by])).execute()
+            # One statement each for the chunk: every item gets its execution.
+            store.update_rows(
+                ApprovalItem,
+                [
+                    {"id": item_id, "used_at": now, "execution_id": execution_id}
+                    for item_id, execution_id in used_by
+                ],
+            )
             for approval_id, count in Counter(
                 row["approval_id"] for row in rows
             ).items():
                 Approval.update(used_count=Approval.used_count + count).where(
                     Approval.approval_id == approval_id
                 ).execute()
-            if rows:
-                Execution.insert_many(rows).execute()
+            store.insert_rows(Execution, rows)
         return queued
 
     # -- claiming and sending -----------------------------------------------------
@@ -679,11 +684,13 @@ class Executions:
                 lease_owner=leases.worker_id,
                 lease_expires_at=expires,
             ).where(
-                Execution.execution_id.in_([r.execution_id for r in rows])
+                store.among(Execution.execution_id, [r.execution_id for r in rows])
             ).execute()
             if rescued:
                 Execution.update(rescue_count=Execution.rescue_count + 1).where(
-                    Execution.execution_id.in_([r.execution_id for r in rescued])
+                    store.among(
+                        Execution.execution_id, [r.execution_id for r in rescued]
+                    )
                 ).execute()
                 store.bump_counters(
                     {
@@ -735,8 +742,8 @@ class Executions:
         items = {
             (item.approval_id, item.lineage_id): item
             for item in ApprovalItem.select().where(
-                ApprovalItem.approval_id.in_(approval_ids)
-                & ApprovalItem.lineage_id.in_([row.lineage_id for row in rows])
+                store.among(ApprovalItem.approval_id, approval_ids)
+                & store.among(ApprovalItem.lineage_id, [row.lineage_id for row in rows])
             )
         }
         latest = _latest_verdicts([row.lineage_id for row in rows])
@@ -1039,7 +1046,7 @@ class Executions:
             Execution.select(Execution.execution_id, Lineage.lineage_id, *_CHANGING)
             .join(Lineage, on=(Lineage.lineage_id == Execution.lineage_id))
             .where(
-                Execution.execution_id.in_(ids)
+                store.among(Execution.execution_id, ids)
                 & (Execution.lease_owner == leases.worker_id)
                 & (Execution.outcome == "claimed")
             )
@@ -1134,7 +1141,7 @@ class Executions:
         Execution.update(
             outcome="queued", lease_owner=None, lease_expires_at=None
         ).where(
-            Execution.execution_id.in_([c.row.execution_id for c in claims])
+            store.among(Execution.execution_id, [c.row.execution_id for c in claims])
             & (Execution.lease_owner == leases.worker_id)
             & (Execution.outcome == "claimed")
         ).execute()
@@ -1817,7 +1824,7 @@ def extend_leases(leases: Leases, now: datetime, execution_ids: Sequence[str]) -
     return (
         Execution.update(lease_expires_at=now + timedelta(seconds=leases.lease_seconds))
         .where(
-            Execution.execution_id.in_(list(execution_ids))
+            store.among(Execution.execution_id, list(execution_ids))
             & (Execution.lease_owner == leases.worker_id)
             & (Execution.outcome == "claimed")
         )
@@ -2032,7 +2039,7 @@ def _executions(execution_ids: Iterable[str]) -> Iterator[Execution]:
     wanted = list(execution_ids)
     for start in range(0, len(wanted), 500):
         yield from Execution.select().where(
-            Execution.execution_id.in_(wanted[start : start + 500])
+            store.among(Execution.execution_id, wanted[start : start + 500])
         )
 
 
@@ -2041,7 +2048,7 @@ def _lineages(lineage_ids: Any) -> dict[str, Lineage]:
     found: dict[str, Lineage] = {}
     for start in range(0, len(wanted), 500):
         for row in Lineage.select().where(
-            Lineage.lineage_id.in_(wanted[start : start + 500])
+            store.among(Lineage.lineage_id, wanted[start : start + 500])
         ):
             found[row.lineage_id] = row
     return found

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -633,6 +633,26 @@ def driver_errors() -> Iterator[None]:
 def is_postgres(database: peewee.Database | None = None) -> bool:
     """Whether ``database`` (by default the store's) is PostgreSQL."""
     return isinstance(database or database_proxy.obj, peewee.PostgresqlDatabase)
+
+
+def among(field: peewee.Field, values: Iterable[Any]) -> peewee.Expression:
+    """
+    ``field IN values`` for a long list of keys (ids), as the store's
+    database reads it best.
+
+    On PostgreSQL the keys travel as one array (``field = ANY(...)``): one
+    parameter rather than one per key, for the query builder, the driver
+    and the server's parser alike, and one statement shape whatever the
+    count. Elsewhere it is a plain ``IN``. The keys are passed as they are:
+    strings and integers, not values a field converts.
+    """
+    values = list(values)
+    database = database_proxy.obj
+    if is_postgres(database):
+        # A parameter of plain SQL is passed as it is, not through the
+        # field's converter (which would make the list one string).
+        return field == peewee.SQL(f"ANY({database.param})", [values])
+    return field.in_(values)
 
 
 def refresh_statistics(database: peewee.Database, model: type[BaseModel]) -> bool:
