@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch",
         type=int,
-        default=500,
+        default=1000,
         help="most claims per batch (the service default)",
     )
     parser.add_argument("--lease", type=float, default=30, help="lease in seconds")

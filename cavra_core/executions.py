@@ -159,7 +159,10 @@ T = TypeVar("T")
 _CHUNK = 500
 #: How long the sends of one claimed batch should take, at the pace of the
 #: batch before (see :attr:`Leases.batch_size`).
-BATCH_SECONDS = 0.25
+BATCH_SECONDS = 0.5
+#: The most a worker claims before it knows its pace: a short queue is
+#: spread over the workers, and a slow receiver does not get a big batch.
+FIRST_BATCH = 100
 #: Executions queued at once after which the planner's statistics of the
 #: executions are brought up to date (PostgreSQL).
 ANALYZE_AFTER = 1_000
@@ -186,9 +189,10 @@ class Leases:
             that dies loses its claims to the others after this long.
         batch_size: the most executions claimed in one transaction. A
             worker claims about :data:`BATCH_SECONDS` of its recent sending
-            at a time, up to this: big batches to a fast receiver (less
-            bookkeeping a delivery), small ones to a slow one (claims
-            spread over the workers, little in hand if one dies).
+            at a time (at first :data:`FIRST_BATCH`), up to this: big
+            batches to a fast receiver (less bookkeeping a delivery), small
+            ones to a slow one (claims spread over the workers, little in
+            hand if one dies).
         store_process: claim and record in a process of the worker's own
             (:class:`~cavra_core.store_child.StoreProcess`) rather than on a
             thread beside the sends. The engine must be one another
@@ -199,7 +203,7 @@ class Leases:
 
     worker_id: str = field(default_factory=default_worker_id)
     lease_seconds: float = 30.0
-    batch_size: int = 500
+    batch_size: int = 1000
     store_process: bool = False
 
     def __post_init__(self) -> None:
@@ -722,7 +726,7 @@ class Executions:
 
     def _claimable(self, condition: peewee.Expression, limit: int) -> list[Execution]:
         """Up to ``limit`` executions matching ``condition``, by due time, locked."""
-        return list(claimable_query(self.engine.database, condition, limit))
+        return store.fetch_rows(claimable_query(self.engine.database, condition, limit))
 
     def _skip_reasons(
         self, rows: Sequence[Execution], lineages: Mapping[str, Lineage], now: datetime
@@ -735,15 +739,19 @@ class Executions:
         """
         database = self.engine.database
         approval_ids = list({row.approval_id for row in rows})
-        approvals = Approval.select().where(Approval.approval_id.in_(approval_ids))
+        approvals = Approval.select().where(
+            store.among(Approval.approval_id, approval_ids)
+        )
         if store.is_postgres(database):
             approvals = approvals.for_update("FOR SHARE")
-        approval_of = {approval.approval_id: approval for approval in approvals}
+        approval_of = {a.approval_id: a for a in store.fetch_rows(approvals)}
         items = {
             (item.approval_id, item.lineage_id): item
-            for item in ApprovalItem.select().where(
-                store.among(ApprovalItem.approval_id, approval_ids)
-                & store.among(ApprovalItem.lineage_id, [row.lineage_id for row in rows])
+            for item in store.fetch_rows(
+                ApprovalItem.select().where(
+                    store.among(ApprovalItem.approval_id, approval_ids)
+                    & store.among(ApprovalItem.lineage_id, [r.lineage_id for r in rows])
+                )
             )
         }
         latest = _latest_verdicts([row.lineage_id for row in rows])
@@ -1322,7 +1330,7 @@ class _Pipeline:
         self.actor = actor
         self.clock = clock
         #: How many to claim next: :data:`BATCH_SECONDS` at the last pace.
-        self.size = leases.batch_size
+        self.size = min(leases.batch_size, FIRST_BATCH)
         #: The next batch, claimed while the last one was sent.
         self.ahead: Future[_Batch] | None = None
         #: The batch handed out to be sent, until its record is asked for.
@@ -2047,8 +2055,10 @@ def _lineages(lineage_ids: Any) -> dict[str, Lineage]:
     wanted = list(dict.fromkeys(lineage_ids))
     found: dict[str, Lineage] = {}
     for start in range(0, len(wanted), 500):
-        for row in Lineage.select().where(
-            store.among(Lineage.lineage_id, wanted[start : start + 500])
+        for row in store.fetch_rows(
+            Lineage.select().where(
+                store.among(Lineage.lineage_id, wanted[start : start + 500])
+            )
         ):
             found[row.lineage_id] = row
     return found

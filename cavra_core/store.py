@@ -635,6 +635,27 @@ def is_postgres(database: peewee.Database | None = None) -> bool:
     return isinstance(database or database_proxy.obj, peewee.PostgresqlDatabase)
 
 
+def fetch_rows(query: peewee.ModelSelect) -> list[Any]:
+    """
+    Run a select of its model's rows; the rows as model instances, every
+    field read.
+
+    The same instances iterating the query makes, built for less: each gets
+    its converted values in one step, where peewee's iteration makes a dict
+    of each row and then sets its fields one by one. A claim or a record
+    reads hundreds of rows of several kinds at a time.
+    """
+    model = query.model
+    fields = model._meta.sorted_fields
+    names = [field.name for field in fields]
+    rows = []
+    for values in query.select(*fields).tuples():
+        row = model(__no_default__=True)
+        row.__data__ = dict(zip(names, values, strict=True))
+        rows.append(row)
+    return rows
+
+
 def among(field: peewee.Field, values: Iterable[Any]) -> peewee.Expression:
     """
     ``field IN values`` for a long list of keys (ids), as the store's

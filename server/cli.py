@@ -314,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--batch",
         type=int,
-        default=500,
+        default=1000,
         help="the most retries claimed in one transaction; a worker claims about "
-        "a quarter of a second of its recent sends at a time, up to this "
-        "(1-1000, default 500)",
+        "half a second of its recent sends at a time, up to this "
+        "(1-1000, default 1000)",
     )
     serve.add_argument(
         "--worker-id",

@@ -35,6 +35,7 @@ from workers_support import (
 from cavra_core import Engine, store, store_child
 from cavra_core.executions import (
     BATCH_SECONDS,
+    FIRST_BATCH,
     Executions,
     Leases,
     _StoreInProcess,
@@ -234,7 +235,7 @@ def test_a_claim_size_is_between_one_and_the_batch_size(
 
 
 def test_claims_follow_the_pace_of_the_sends() -> None:
-    # 100 sent in a second: a quarter of a second is 25.
+    # 100 sent in a second: half a second of them is 50.
     assert claim_size(500, 500, 100, 1.0) == int(BATCH_SECONDS * 100)
     # A fast receiver: as many as the batch size allows.
     assert claim_size(500, 25, 500, 0.2) == 500
@@ -329,11 +330,39 @@ def test_a_store_process_that_cannot_start_records_no_run(
 
 
 def test_claims_grow_again_once_the_receiver_is_fast() -> None:
-    size = claim_size(500, 500, 50, 10.0)
+    size = claim_size(500, 500, 10, 100.0)  # a tenth of a send a second
     assert size == 1
     for _ in range(3):
         size = claim_size(500, size, size, 0.001)
     assert size == 500
+
+
+def test_the_first_claim_is_small_until_the_pace_is_known(
+    sqlite_url, monkeypatch
+) -> None:
+    """
+    However big its batches may grow, a worker takes at most FIRST_BATCH
+    before it has sent anything: a short queue is left to the other
+    workers too, and a slow receiver does not get a big batch at once.
+    """
+    from cavra_core.executions import _StoreSide
+
+    asked: list[int] = []
+    claim = _StoreSide.claim
+
+    def counted(self, actor, limit):
+        asked.append(limit)
+        return claim(self, actor, limit)
+
+    monkeypatch.setattr(_StoreSide, "claim", counted)
+    count = FIRST_BATCH + 20
+    with seeded(sqlite_url, count) as (receiver, engine, _):
+        leases = Leases(worker_id="first", batch_size=1000)
+        engine.run_worker(LIVE, leases=leases, max_deliveries=count)
+
+    assert asked[0] == FIRST_BATCH
+    assert len(receiver.counts()) == count
+    assert set(receiver.counts().values()) == {1}
 
 
 def test_claims_whose_packages_cannot_be_read_are_left_to_run_out(
