@@ -440,16 +440,19 @@ class Approvals:
         latest: dict[str, ApprovalItem] = {}
         wanted = list(dict.fromkeys(lineage_ids))
         for start in range(0, len(wanted), _CHUNK):
-            for item in newest_words_first(
-                wanted[start : start + _CHUNK], ApprovalItem
-            ):
+            chunk = wanted[start : start + _CHUNK]
+            for item in store.fetch_rows(newest_words_first(chunk, ApprovalItem)):
                 latest.setdefault(item.lineage_id, item)
         # An approval covers many lineages: each is read once, not per item.
         approval_ids = list({item.approval_id for item in latest.values()})
         approvals: dict[str, Approval] = {}
         for start in range(0, len(approval_ids), _CHUNK):
-            for approval in Approval.select().where(
-                store.among(Approval.approval_id, approval_ids[start : start + _CHUNK])
+            for approval in store.fetch_rows(
+                Approval.select().where(
+                    store.among(
+                        Approval.approval_id, approval_ids[start : start + _CHUNK]
+                    )
+                )
             ):
                 approvals[approval.approval_id] = approval
         return {

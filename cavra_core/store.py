@@ -717,12 +717,14 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> No
         return
     fields = [model._meta.fields[name] for name in rows[0]]
     database = model._meta.database.obj
-    sql = insert_sql(
-        model._meta.table_name,
-        tuple(f.column_name for f in fields),
-        len(rows),
-        database.param,
-    )
+    columns = tuple(f.column_name for f in fields)
+    if is_postgres(database):
+        document = _json_rows(
+            columns, ([f.db_value(row[f.name]) for f in fields] for row in rows)
+        )
+        database.execute_sql(_insert_from_json_sql(model, columns), [document])
+        return
+    sql = insert_sql(model._meta.table_name, columns, len(rows), database.param)
     values = [field.db_value(row[field.name]) for row in rows for field in fields]
     database.execute_sql(sql, values)
 
@@ -763,13 +765,16 @@ def update_rows(
         for guard in guards
     ]
     if is_postgres(database):
-        sql = _update_from_values_sql(model, *shape, len(rows))
-        flat = [
-            value
-            for k, new, old in zip(keys, values, expected, strict=True)
-            for value in (k, *new, *old)
-        ]
-        return database.execute_sql(sql, flat).rowcount
+        names = (key.column_name, *shape[0], *(f"guard_{g}" for g in shape[1]))
+        document = _json_rows(
+            names,
+            (
+                (k, *new, *old)
+                for k, new, old in zip(keys, values, expected, strict=True)
+            ),
+        )
+        sql = _update_from_json_sql(model, *shape)
+        return database.execute_sql(sql, [document]).rowcount
     # SQLite runs in-process: one prepared statement per row costs little.
     sql = _update_one_sql(model, *shape, database.param)
     cursor = database.cursor()
@@ -797,30 +802,58 @@ def insert_sql(table: str, columns: tuple[str, ...], count: int, param: str) -> 
     return f'INSERT INTO "{table}" ({names}) VALUES ' + ", ".join([one] * count)
 
 
+def _json_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """
+    Rows of column values as one JSON array of objects, for PostgreSQL's
+    ``json_to_recordset``. The values are those a field stores (text,
+    integers, booleans, nulls), so JSON keeps each exactly.
+    """
+    return json.dumps([dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _record_columns(
+    model: type[BaseModel], columns: tuple[str, ...], guards: tuple[str, ...] = ()
+) -> str:
+    """
+    The column list of ``json_to_recordset`` for these columns of the model,
+    then ``guard_X`` for each guard column X, typed as X.
+    """
+    by_column = {f.column_name: f for f in model._meta.sorted_fields}
+    typed = [(c, by_column[c]) for c in columns]
+    typed += [(f"guard_{g}", by_column[g]) for g in guards]
+    return ", ".join(f'"{name}" {_postgres_type(field)}' for name, field in typed)
+
+
 @functools.lru_cache(maxsize=_SHAPES)
-def _update_from_values_sql(
+def _insert_from_json_sql(model: type[BaseModel], columns: tuple[str, ...]) -> str:
+    """
+    PostgreSQL: ``INSERT ... SELECT`` from the rows passed as one JSON
+    parameter. One parameter rather than one per value: cheaper for the
+    driver to quote and for the server to parse, and one statement shape
+    whatever the count.
+    """
+    names = ", ".join(f'"{c}"' for c in columns)
+    return (
+        f'INSERT INTO "{model._meta.table_name}" ({names}) SELECT {names} '
+        f"FROM json_to_recordset(%s::json) AS v({_record_columns(model, columns)})"
+    )
+
+
+@functools.lru_cache(maxsize=_SHAPES)
+def _update_from_json_sql(
     model: type[BaseModel],
     columns: tuple[str, ...],
     guards: tuple[str, ...],
-    count: int,
 ) -> str:
-    """PostgreSQL: ``UPDATE ... FROM (VALUES ...)``, values cast to their types."""
+    """PostgreSQL: ``UPDATE ... FROM`` the rows passed as one JSON parameter."""
     meta = model._meta
     key = meta.primary_key.column_name
-    by_column = {f.column_name: f for f in meta.sorted_fields}
-    names = [key, *columns, *(f"guard_{g}" for g in guards)]
-    one = "(" + ", ".join(["%s"] * len(names)) + ")"
-    assignments = ", ".join(
-        f'"{c}" = CAST(v."{c}" AS {_postgres_type(by_column[c])})' for c in columns
-    )
-    conditions = "".join(
-        f' AND t."{g}" = CAST(v."guard_{g}" AS {_postgres_type(by_column[g])})'
-        for g in guards
-    )
-    aliases = ", ".join(f'"{n}"' for n in names)
+    record = _record_columns(model, (key, *columns), guards)
+    assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+    conditions = "".join(f' AND t."{g}" = v."guard_{g}"' for g in guards)
     return (
         f'UPDATE "{meta.table_name}" AS t SET {assignments} '
-        f"FROM (VALUES {', '.join([one] * count)}) AS v({aliases}) "
+        f"FROM json_to_recordset(%s::json) AS v({record}) "
         f'WHERE t."{key}" = v."{key}"{conditions}'
     )
 
@@ -851,7 +884,7 @@ _POSTGRES_TYPES = {
 
 
 def _postgres_type(field: peewee.Field) -> str:
-    """The SQL type a value for ``field`` is cast to in a VALUES list."""
+    """The SQL type of ``field``'s column, as a record column list names it."""
     return _POSTGRES_TYPES.get(field.field_type, field.field_type)
 
 
