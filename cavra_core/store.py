@@ -739,17 +739,27 @@ def update_rows(
     Give each row its own new values, in one statement on PostgreSQL (caller's
     transaction); the number of rows changed.
 
-    Each row names its primary key and the same other fields. ``guards``, one
-    per row, are the values the row must still hold to be changed (a
-    version for a compare-and-set): a row whose guard no longer holds is not
-    changed and not counted.
+    Each row names its primary key, once in the call, and the same other
+    fields. ``guards``, one per row and each naming the same fields, are the
+    values the row must still hold to be changed (a version for a
+    compare-and-set): a row whose guard no longer holds is not changed and
+    not counted.
     """
     if not rows:
         return 0
     if any(row.keys() != rows[0].keys() for row in rows):
         raise ValueError("every row of one update must name the same fields")
+    if guards and (
+        len(guards) != len(rows)
+        or any(guard.keys() != guards[0].keys() for guard in guards)
+    ):
+        raise ValueError("every row of one update needs a guard of the same fields")
     meta = model._meta
     key = meta.primary_key
+    if len({row[key.name] for row in rows}) != len(rows):
+        # One statement changes a row once: which repeat won would be
+        # the database's choice.
+        raise ValueError("a row may be named only once in one update")
     fields = [meta.fields[name] for name in rows[0] if name != key.name]
     guard_fields = [meta.fields[name] for name in guards[0]] if guards else []
     database = meta.database.obj

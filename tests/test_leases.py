@@ -890,6 +890,33 @@ def test_a_failed_multi_row_update_raises_peewees_error(engine) -> None:
     assert store.Lineage.get_by_id(lineage_id).package_id != "no-such-package"
 
 
+def test_a_multi_row_update_refuses_rows_it_could_not_apply_one_way(engine) -> None:
+    """
+    A row named twice, or guards of different fields, would be applied in
+    one way on SQLite and another on PostgreSQL; both are refused, and
+    nothing is changed.
+    """
+    lineage_id = record_failure(engine, T0)
+    before = store.Lineage.get_by_id(lineage_id).version
+    twice = [
+        {"lineage_id": lineage_id, "version": before + 1},
+        {"lineage_id": lineage_id, "version": before + 2},
+    ]
+    with pytest.raises(ValueError, match="named only once"):
+        store.update_rows(store.Lineage, twice)
+    other = record_failure(engine, T0, evidence=package("drill-other"))
+    rows = [
+        {"lineage_id": lineage_id, "version": before + 1},
+        {"lineage_id": other, "version": before + 1},
+    ]
+    uneven = [{"version": before}, {"version": before, "latest_failed": True}]
+    with pytest.raises(ValueError, match="guard of the same fields"):
+        store.update_rows(store.Lineage, rows, guards=uneven)
+    with pytest.raises(ValueError, match="guard of the same fields"):
+        store.update_rows(store.Lineage, rows, guards=uneven[:1])
+    assert store.Lineage.get_by_id(lineage_id).version == before
+
+
 #: Lineages the workers share in the deadlock test (and half as many imported).
 LINEAGES = 150
 
